@@ -1,0 +1,1 @@
+from adasplash_compile.version import __version__

@@ -1,0 +1,33 @@
+"""Constants shared by the reference, the ops and the kernels.
+
+TILE_M, TILE_N: the granularity of the block-sparsity record. The forward returns
+``tile_max[b, h, i, j] = max z`` over query rows ``[i*TILE_M, (i+1)*TILE_M)`` and
+key columns ``[j*TILE_N, (j+1)*TILE_N)`` (``z = (alpha-1)*scale*q.k``, visible
+entries only, ``-inf`` for a tile with none). A tile whose maximum is at most the
+smallest threshold of its rows holds only zeros of P, so every later pass skips
+it. The value is part of the op contract, so the CPU reference computes it too.
+
+BACKEND_ENV: ``ADASPLASH_COMPILE_BACKEND=triton`` sends CPU tensors through the
+Triton kernels; together with ``TRITON_INTERPRET=1`` this runs the real kernels
+on the CPU, which is how CPU CI tests them. Any other value, or none, keeps CPU
+tensors on the pure-PyTorch reference.
+"""
+
+import os
+
+import torch
+
+TILE_M = 64
+TILE_N = 64
+
+MAX_HEAD_DIM = 256
+HEAD_DIM_MULTIPLE = 8
+
+BACKEND_ENV = "ADASPLASH_COMPILE_BACKEND"
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def cpu_uses_triton() -> bool:
+    """True when CPU tensors should run the Triton kernels (under the interpreter)."""
+    return os.environ.get(BACKEND_ENV, "").strip().lower() == "triton"

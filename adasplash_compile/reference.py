@@ -1,0 +1,198 @@
+"""Pure-PyTorch AdaSplash-2 attention and alpha-entmax: the CPU kernel and the test oracle.
+
+Symbols: B batch, Hq query heads, Hkv key/value heads, M = Nq query length,
+N = Nk key length, D head dim, z = (alpha-1)*s with s = scale*q.k, tau the
+threshold with sum_j [z_j - tau]_+^(1/(alpha-1)) = 1 (Peters et al. 2019, eq. 6).
+
+tau is solved exactly in float64 by a safeguarded Newton iteration with bisection
+fallback (``rtsafe``). f(tau) = sum [z - tau]_+^(1/(alpha-1)) - 1 is convex and
+decreasing, so Newton steps never overshoot the root from the left; bisection only
+takes over where a step would leave the bracket [max z - 1, max z - n^(1-alpha)]
+or stops halving it. Query rows are processed in chunks so memory stays
+O(chunk * N) per head, never O(M * N).
+
+Conventions shared with the Triton kernels (they are part of the op contract):
+- a row that sees no key has tau = +inf and outputs zeros;
+- p is renormalised to sum to one, as ``entmax.entmax_bisect`` does;
+- ``tile_max`` is described in ``adasplash_compile.options``.
+"""
+
+import torch
+
+from adasplash_compile.options import TILE_M, TILE_N
+
+# Elements of one (chunk x N) score block per batch*head, float64: 2**21 * 8 B = 16 MiB.
+_CHUNK_ELEMENTS = 1 << 21
+_MAX_TAU_ITERATIONS = 200
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tau_objective(z, tau, alpha):
+    """f(tau) + 1 and f'(tau), reduced over the last dim; masked entries are -inf."""
+    gap = (z - tau).clamp_min(0)
+    support = gap > 0
+    inv = 1.0 / (alpha - 1.0)
+    f = gap.pow(inv).sum(-1, keepdim=True) - 1.0
+    # gap ** ((2-alpha)/(alpha-1)) is 0**0 = 1 off the support when alpha = 2.
+    slope = -inv * torch.where(support, gap.pow((2.0 - alpha) * inv), 0).sum(-1, keepdim=True)
+    return f, slope
+
+
+def solve_tau(z: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Exact entmax threshold of z along the last dim, in float64 (keepdim shape).
+
+    Rows whose entries are all -inf get tau = +inf.
+    """
+    z = z.to(torch.float64)
+    zmax = z.amax(-1, keepdim=True)
+    empty = zmax == float("-inf")
+    zmax = torch.where(empty, 0.0, zmax)
+    count = (z > float("-inf")).sum(-1, keepdim=True).clamp_min(1).to(torch.float64)
+    # max p <= 1 gives tau >= max z - 1; max p >= 1/n gives tau <= max z - n^(1-alpha).
+    lo = zmax - 1.0
+    hi = zmax - count.pow(1.0 - alpha)
+    tau = lo.clone()
+    step_before_last = hi - lo
+    step = step_before_last
+    for _ in range(_MAX_TAU_ITERATIONS):
+        f, slope = _tau_objective(z, tau, alpha)
+        lo = torch.where(f >= 0, tau, lo)
+        hi = torch.where(f < 0, tau, hi)
+        newton = tau - f / slope
+        use_bisection = (
+            ~((newton >= lo) & (newton <= hi))
+            | ((2 * f).abs() > (step_before_last * slope).abs())
+            | (slope == 0)
+        )
+        new_tau = torch.where(f == 0, tau, torch.where(use_bisection, 0.5 * (lo + hi), newton))
+        step_before_last, step = step, new_tau - tau
+        tau = new_tau
+        if bool((step.abs() <= 1e-14 * (1.0 + tau.abs())).all()):
+            break
+    return torch.where(empty, float("inf"), tau)
+
+
+def entmax_probabilities(z: torch.Tensor, tau: torch.Tensor, alpha: float) -> torch.Tensor:
+    """p = [z - tau]_+^(1/(alpha-1)) renormalised to sum to one; zero rows stay zero."""
+    gap = (z.to(tau.dtype) - tau).clamp_min(0)
+    p = gap.pow(1.0 / (alpha - 1.0))
+    total = p.sum(-1, keepdim=True)
+    return torch.where(total > 0, p / total.clamp_min(torch.finfo(p.dtype).tiny), 0)
+
+
+def _entmax_gradient(grad_p, p, alpha):
+    """dX = u * (dP - delta), u = p^(2-alpha), delta = sum(u dP) / sum(u)."""
+    u = torch.where(p > 0, p.pow(2.0 - alpha), 0)
+    total = u.sum(-1, keepdim=True)
+    delta = torch.where(total > 0, (u * grad_p).sum(-1, keepdim=True) / total.clamp_min(1e-300), 0)
+    return u * (grad_p - delta)
+
+
+def entmax_forward(x: torch.Tensor, alpha: float, dim: int) -> torch.Tensor:
+    xt = x.movedim(dim, -1)
+    z = (alpha - 1.0) * xt.to(torch.float64)
+    p = entmax_probabilities(z, solve_tau(z, alpha), alpha)
+    return p.to(x.dtype).movedim(-1, dim).contiguous()
+
+
+def entmax_backward(grad_y: torch.Tensor, y: torch.Tensor, alpha: float, dim: int) -> torch.Tensor:
+    compute = _compute_dtype(y.dtype)
+    p = y.movedim(dim, -1).to(compute)
+    g = grad_y.movedim(dim, -1).to(compute)
+    return _entmax_gradient(g, p, alpha).to(y.dtype).movedim(-1, dim).contiguous()
+
+
+def _row_chunk(batch_heads: int, n_keys: int, n_queries: int) -> int:
+    rows = _CHUNK_ELEMENTS // max(1, batch_heads * n_keys)
+    rows = max(TILE_M, rows // TILE_M * TILE_M)
+    return min(rows, max(TILE_M, -(-n_queries // TILE_M) * TILE_M))
+
+
+def visible(rows: torch.Tensor, n_queries: int, n_keys: int, is_causal: bool, seqlens):
+    """Bool mask (B or 1, 1, len(rows), N): which keys each query row may attend to."""
+    cols = torch.arange(n_keys, device=rows.device)
+    mask = torch.ones(1, 1, rows.numel(), n_keys, dtype=torch.bool, device=rows.device)
+    if is_causal:
+        # Bottom-right alignment, as FlashAttention-2: row i sees j <= i + N - M.
+        mask = mask & (cols[None, :] <= rows[:, None] + (n_keys - n_queries))[None, None]
+    if seqlens is not None:
+        lengths = seqlens.to(torch.int64).clamp_min(0)[:, None, None, None]
+        mask = mask & (cols[None, None, None, :] < lengths)
+        if n_queries == n_keys:
+            mask = mask & (rows[None, None, :, None] < lengths)
+    return mask
+
+
+def _expand_kv(t: torch.Tensor, q_heads: int) -> torch.Tensor:
+    group = q_heads // t.shape[1]
+    return t if group == 1 else t.repeat_interleave(group, dim=1)
+
+
+def _scores(q_chunk, key_expanded, rows, n_queries, is_causal, scale, alpha, seqlens):
+    s = torch.matmul(q_chunk, key_expanded.transpose(-1, -2)) * scale
+    mask = visible(rows, n_queries, key_expanded.shape[2], is_causal, seqlens)
+    return torch.where(mask, (alpha - 1.0) * s, float("-inf"))
+
+
+def _tile_maxima(z: torch.Tensor) -> torch.Tensor:
+    b, h, m, n = z.shape
+    pad_m, pad_n = -m % TILE_M, -n % TILE_N
+    z = torch.nn.functional.pad(z, (0, pad_n, 0, pad_m), value=float("-inf"))
+    z = z.view(b, h, (m + pad_m) // TILE_M, TILE_M, (n + pad_n) // TILE_N, TILE_N)
+    return z.amax(dim=(3, 5))
+
+
+def attention_forward(query, key, value, alpha, is_causal, scale, seqlens):
+    """Returns (out, tau, tile_max); see the module docstring for their meaning."""
+    batch, q_heads, n_queries, _ = query.shape
+    n_keys = key.shape[2]
+    compute = _compute_dtype(query.dtype)
+    k = _expand_kv(key, q_heads).to(compute)
+    v = _expand_kv(value, q_heads).to(compute)
+    out = torch.empty_like(query)
+    tau = query.new_empty((batch, q_heads, n_queries), dtype=torch.float32)
+    tile_max = query.new_empty(
+        (batch, q_heads, -(-n_queries // TILE_M), -(-n_keys // TILE_N)), dtype=torch.float32
+    )
+    chunk = _row_chunk(batch * q_heads, n_keys, n_queries)
+    for start in range(0, n_queries, chunk):
+        rows = torch.arange(start, min(start + chunk, n_queries), device=query.device)
+        z = _scores(query[:, :, rows].to(compute), k, rows, n_queries, is_causal, scale, alpha, seqlens)
+        tau_chunk = solve_tau(z, alpha)
+        p = entmax_probabilities(z, tau_chunk, alpha).to(compute)
+        out[:, :, rows] = torch.matmul(p, v).to(query.dtype)
+        tau[:, :, rows] = tau_chunk.squeeze(-1).to(torch.float32)
+        tile_max[:, :, start // TILE_M : (start + rows.numel() + TILE_M - 1) // TILE_M] = (
+            _tile_maxima(z).to(torch.float32)
+        )
+    return out, tau, tile_max
+
+
+def attention_backward(grad_out, query, key, value, tau, alpha, is_causal, scale, seqlens):
+    """Returns (grad_query, grad_key, grad_value), recomputing P from tau."""
+    batch, q_heads, n_queries, head_dim = query.shape
+    kv_heads, n_keys = key.shape[1], key.shape[2]
+    compute = _compute_dtype(query.dtype)
+    k = _expand_kv(key, q_heads).to(compute)
+    v = _expand_kv(value, q_heads).to(compute)
+    grad_q = torch.empty_like(query)
+    grad_k = torch.zeros(batch, q_heads, n_keys, head_dim, dtype=compute, device=query.device)
+    grad_v = torch.zeros_like(grad_k)
+    chunk = _row_chunk(batch * q_heads, n_keys, n_queries)
+    for start in range(0, n_queries, chunk):
+        rows = torch.arange(start, min(start + chunk, n_queries), device=query.device)
+        q_chunk = query[:, :, rows].to(compute)
+        do_chunk = grad_out[:, :, rows].to(compute)
+        z = _scores(q_chunk, k, rows, n_queries, is_causal, scale, alpha, seqlens)
+        p = entmax_probabilities(z, tau[:, :, rows, None].to(torch.float64), alpha).to(compute)
+        grad_s = _entmax_gradient(torch.matmul(do_chunk, v.transpose(-1, -2)), p, alpha)
+        grad_q[:, :, rows] = (scale * torch.matmul(grad_s, k)).to(query.dtype)
+        grad_k += scale * torch.matmul(grad_s.transpose(-1, -2), q_chunk)
+        grad_v += torch.matmul(p.transpose(-1, -2), do_chunk)
+    group = q_heads // kv_heads
+    grad_k = grad_k.view(batch, kv_heads, group, n_keys, head_dim).sum(2)
+    grad_v = grad_v.view(batch, kv_heads, group, n_keys, head_dim).sum(2)
+    return grad_q, grad_k.to(key.dtype), grad_v.to(value.dtype)
