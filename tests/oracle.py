@@ -1,0 +1,46 @@
+"""Independent dense oracle: entmax.entmax_bisect in float64 over explicit masks.
+
+Shares no code with adasplash_compile: masks, GQA expansion and the threshold
+solve are written here again on purpose, so a bug in the library cannot hide in
+its own reference.
+"""
+
+import torch
+from entmax import entmax_bisect
+
+
+def dense_mask(batch, n_queries, n_keys, is_causal, seqlens):
+    """Bool (B, 1, M, N): row i sees key j."""
+    i = torch.arange(n_queries)[:, None]
+    j = torch.arange(n_keys)[None, :]
+    mask = torch.ones(batch, 1, n_queries, n_keys, dtype=torch.bool)
+    if is_causal:
+        mask &= (j <= i + (n_keys - n_queries))[None, None]
+    if seqlens is not None:
+        for b, length in enumerate(seqlens.cpu().tolist()):
+            length = max(length, 0)
+            mask[b, :, :, length:] = False
+            if n_queries == n_keys:
+                mask[b, :, length:, :] = False
+    return mask
+
+
+def entmax_attention(query, key, value, alpha=1.5, is_causal=False, scale=None, seqlens=None):
+    """float64 CPU output of AdaSplash-2 attention; differentiable in q, k, v."""
+    q, k, v = (t.detach().cpu().double().requires_grad_(t.requires_grad) for t in (query, key, value))
+    group = q.shape[1] // k.shape[1]
+    ke = k.repeat_interleave(group, dim=1)
+    ve = v.repeat_interleave(group, dim=1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = scale * q @ ke.transpose(-1, -2)
+    mask = dense_mask(q.shape[0], q.shape[2], k.shape[2], is_causal, seqlens)
+    # entmax_bisect of an all -inf row is NaN: give such rows finite scores, zero them after.
+    empty = ~mask.any(-1, keepdim=True)
+    s = s.masked_fill(~mask, float("-inf")).masked_fill(empty, 0.0)
+    p = entmax_bisect(s, alpha, n_iter=100).masked_fill(empty, 0.0)
+    return p @ ve, (q, k, v)
+
+
+def relative_error(actual, expected):
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
