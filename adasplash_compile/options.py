@@ -7,6 +7,13 @@ entries only, ``-inf`` for a tile with none). A tile whose maximum is at most th
 smallest threshold of its rows holds only zeros of P, so every later pass skips
 it. The value is part of the op contract, so the CPU reference computes it too.
 
+tile_max has one more row and column of tiles than the data needs, always -inf:
+``(B, Hq, cdiv(Nq, TILE_M) + 1, cdiv(Nk, TILE_N) + 1)``. A dimension that can be
+1 makes PyTorch's contiguity checks guard on it, which pins a dynamic sequence
+length at export (``Dim("seq")`` would fail for lengths <= 64) and recompiles
+under ``dynamic=True``; padded, no dimension is ever 1. ``tile_grid`` gives the
+padded shape.
+
 BACKEND_ENV: ``ADASPLASH_COMPILE_BACKEND=triton`` sends CPU tensors through the
 Triton kernels; together with ``TRITON_INTERPRET=1`` this runs the real kernels
 on the CPU, which is how CPU CI tests them. Any other value, or none, keeps CPU
@@ -31,3 +38,8 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def cpu_uses_triton() -> bool:
     """True when CPU tensors should run the Triton kernels (under the interpreter)."""
     return os.environ.get(BACKEND_ENV, "").strip().lower() == "triton"
+
+
+def tile_grid(n_queries, n_keys):
+    """(rows, cols) of tile_max, padding included; symbolic sizes stay symbolic."""
+    return (n_queries + TILE_M - 1) // TILE_M + 1, (n_keys + TILE_N - 1) // TILE_N + 1

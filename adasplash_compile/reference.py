@@ -4,11 +4,11 @@ Symbols: B batch, Hq query heads, Hkv key/value heads, M = Nq query length,
 N = Nk key length, D head dim, z = (alpha-1)*s with s = scale*q.k, tau the
 threshold with sum_j [z_j - tau]_+^(1/(alpha-1)) = 1 (Peters et al. 2019, eq. 6).
 
-tau is solved exactly in float64 by a safeguarded Newton iteration with bisection
-fallback (``rtsafe``). f(tau) = sum [z - tau]_+^(1/(alpha-1)) - 1 is convex and
-decreasing, so Newton steps never overshoot the root from the left; bisection only
-takes over where a step would leave the bracket [max z - 1, max z - n^(1-alpha)]
-or stops halving it. Query rows are processed in chunks so memory stays
+tau is solved exactly in float64: bisection narrows the bracket
+[max z - 1, max z - n^(1-alpha)] to 2^-12 of its width, then Newton steps from its
+left end, where f(tau) = sum [z - tau]_+^(1/(alpha-1)) - 1 >= 0. f is convex and
+decreasing, so those steps never pass the root (the safeguard) and converge
+quadratically. Query rows are processed in chunks so memory stays
 O(chunk * N) per head, never O(M * N).
 
 Conventions shared with the Triton kernels (they are part of the op contract):
@@ -19,25 +19,27 @@ Conventions shared with the Triton kernels (they are part of the op contract):
 
 import torch
 
-from adasplash_compile.options import TILE_M, TILE_N
+from adasplash_compile.options import TILE_M, TILE_N, tile_grid
 
 # Elements of one (chunk x N) score block per batch*head, float64: 2**21 * 8 B = 16 MiB.
 _CHUNK_ELEMENTS = 1 << 21
-_MAX_TAU_ITERATIONS = 200
+_BISECTION_STEPS = 12
+_MAX_NEWTON_STEPS = 50
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _tau_objective(z, tau, alpha):
-    """f(tau) + 1 and f'(tau), reduced over the last dim; masked entries are -inf."""
+def _tau_objective(z, tau, alpha, with_slope=True):
+    """f(tau) = sum [z - tau]_+^(1/(alpha-1)) - 1 and f'(tau) over the last dim."""
     gap = (z - tau).clamp_min(0)
-    support = gap > 0
     inv = 1.0 / (alpha - 1.0)
     f = gap.pow(inv).sum(-1, keepdim=True) - 1.0
+    if not with_slope:
+        return f, None
     # gap ** ((2-alpha)/(alpha-1)) is 0**0 = 1 off the support when alpha = 2.
-    slope = -inv * torch.where(support, gap.pow((2.0 - alpha) * inv), 0).sum(-1, keepdim=True)
+    slope = -inv * torch.where(gap > 0, gap.pow((2.0 - alpha) * inv), 0).sum(-1, keepdim=True)
     return f, slope
 
 
@@ -54,23 +56,19 @@ def solve_tau(z: torch.Tensor, alpha: float) -> torch.Tensor:
     # max p <= 1 gives tau >= max z - 1; max p >= 1/n gives tau <= max z - n^(1-alpha).
     lo = zmax - 1.0
     hi = zmax - count.pow(1.0 - alpha)
-    tau = lo.clone()
-    step_before_last = hi - lo
-    step = step_before_last
-    for _ in range(_MAX_TAU_ITERATIONS):
+    for _ in range(_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        f, _ = _tau_objective(z, mid, alpha, with_slope=False)
+        lo = torch.where(f >= 0, mid, lo)
+        hi = torch.where(f >= 0, hi, mid)
+    # f is convex and decreasing, so Newton from a point with f >= 0 never passes the
+    # root: tau rises monotonically, quadratically once the bracket is this narrow.
+    tau = lo
+    for _ in range(_MAX_NEWTON_STEPS):
         f, slope = _tau_objective(z, tau, alpha)
-        lo = torch.where(f >= 0, tau, lo)
-        hi = torch.where(f < 0, tau, hi)
-        newton = tau - f / slope
-        use_bisection = (
-            ~((newton >= lo) & (newton <= hi))
-            | ((2 * f).abs() > (step_before_last * slope).abs())
-            | (slope == 0)
-        )
-        new_tau = torch.where(f == 0, tau, torch.where(use_bisection, 0.5 * (lo + hi), newton))
-        step_before_last, step = step, new_tau - tau
-        tau = new_tau
-        if bool((step.abs() <= 1e-14 * (1.0 + tau.abs())).all()):
+        step = torch.where((f > 0) & (slope < 0), -f / slope, 0.0)
+        tau = tau + step
+        if bool((step <= 1e-15 * (1.0 + tau.abs())).all()):
             break
     return torch.where(empty, float("inf"), tau)
 
@@ -83,11 +81,11 @@ def entmax_probabilities(z: torch.Tensor, tau: torch.Tensor, alpha: float) -> to
     return torch.where(total > 0, p / total.clamp_min(torch.finfo(p.dtype).tiny), 0)
 
 
-def _entmax_gradient(grad_p, p, alpha):
+def entmax_gradient(grad_p, p, alpha):
     """dX = u * (dP - delta), u = p^(2-alpha), delta = sum(u dP) / sum(u)."""
     u = torch.where(p > 0, p.pow(2.0 - alpha), 0)
     total = u.sum(-1, keepdim=True)
-    delta = torch.where(total > 0, (u * grad_p).sum(-1, keepdim=True) / total.clamp_min(1e-300), 0)
+    delta = torch.where(total > 0, (u * grad_p).sum(-1, keepdim=True) / total.clamp_min(torch.finfo(u.dtype).tiny), 0)
     return u * (grad_p - delta)
 
 
@@ -96,13 +94,6 @@ def entmax_forward(x: torch.Tensor, alpha: float, dim: int) -> torch.Tensor:
     z = (alpha - 1.0) * xt.to(torch.float64)
     p = entmax_probabilities(z, solve_tau(z, alpha), alpha)
     return p.to(x.dtype).movedim(-1, dim).contiguous()
-
-
-def entmax_backward(grad_y: torch.Tensor, y: torch.Tensor, alpha: float, dim: int) -> torch.Tensor:
-    compute = _compute_dtype(y.dtype)
-    p = y.movedim(dim, -1).to(compute)
-    g = grad_y.movedim(dim, -1).to(compute)
-    return _entmax_gradient(g, p, alpha).to(y.dtype).movedim(-1, dim).contiguous()
 
 
 def _row_chunk(batch_heads: int, n_keys: int, n_queries: int) -> int:
@@ -154,8 +145,8 @@ def attention_forward(query, key, value, alpha, is_causal, scale, seqlens):
     v = _expand_kv(value, q_heads).to(compute)
     out = torch.empty_like(query)
     tau = query.new_empty((batch, q_heads, n_queries), dtype=torch.float32)
-    tile_max = query.new_empty(
-        (batch, q_heads, -(-n_queries // TILE_M), -(-n_keys // TILE_N)), dtype=torch.float32
+    tile_max = query.new_full(
+        (batch, q_heads, *tile_grid(n_queries, n_keys)), float("-inf"), dtype=torch.float32
     )
     chunk = _row_chunk(batch * q_heads, n_keys, n_queries)
     for start in range(0, n_queries, chunk):
@@ -165,9 +156,8 @@ def attention_forward(query, key, value, alpha, is_causal, scale, seqlens):
         p = entmax_probabilities(z, tau_chunk, alpha).to(compute)
         out[:, :, rows] = torch.matmul(p, v).to(query.dtype)
         tau[:, :, rows] = tau_chunk.squeeze(-1).to(torch.float32)
-        tile_max[:, :, start // TILE_M : (start + rows.numel() + TILE_M - 1) // TILE_M] = (
-            _tile_maxima(z).to(torch.float32)
-        )
+        chunk_tiles = _tile_maxima(z).to(torch.float32)
+        tile_max[:, :, start // TILE_M :][:, :, : chunk_tiles.shape[2], : chunk_tiles.shape[3]] = chunk_tiles
     return out, tau, tile_max
 
 
@@ -188,11 +178,12 @@ def attention_backward(grad_out, query, key, value, tau, alpha, is_causal, scale
         do_chunk = grad_out[:, :, rows].to(compute)
         z = _scores(q_chunk, k, rows, n_queries, is_causal, scale, alpha, seqlens)
         p = entmax_probabilities(z, tau[:, :, rows, None].to(torch.float64), alpha).to(compute)
-        grad_s = _entmax_gradient(torch.matmul(do_chunk, v.transpose(-1, -2)), p, alpha)
+        grad_s = entmax_gradient(torch.matmul(do_chunk, v.transpose(-1, -2)), p, alpha)
         grad_q[:, :, rows] = (scale * torch.matmul(grad_s, k)).to(query.dtype)
         grad_k += scale * torch.matmul(grad_s.transpose(-1, -2), q_chunk)
         grad_v += torch.matmul(p.transpose(-1, -2), do_chunk)
     group = q_heads // kv_heads
-    grad_k = grad_k.view(batch, kv_heads, group, n_keys, head_dim).sum(2)
-    grad_v = grad_v.view(batch, kv_heads, group, n_keys, head_dim).sum(2)
-    return grad_q, grad_k.to(key.dtype), grad_v.to(value.dtype)
+    # Outputs keep the layout of their inputs, as the fake function promises.
+    grad_key = torch.empty_like(key).copy_(grad_k.view(batch, kv_heads, group, n_keys, head_dim).sum(2))
+    grad_value = torch.empty_like(value).copy_(grad_v.view(batch, kv_heads, group, n_keys, head_dim).sum(2))
+    return grad_q, grad_key, grad_value

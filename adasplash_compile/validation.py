@@ -21,8 +21,9 @@ def check_alpha(alpha) -> float:
         raise TypeError(
             f"alpha must be a real number in (1, 2], got {type(alpha).__name__} {alpha!r}"
         )
-    alpha = float(alpha)
-    if not (1.0 < alpha <= 2.0) or math.isnan(alpha):
+    # float() of a float would turn a traced constant into a SymFloat and restart Dynamo.
+    alpha = alpha if isinstance(alpha, float) else float(alpha)
+    if not 1.0 < alpha <= 2.0:  # also rejects NaN
         raise ValueError(
             f"alpha must lie in (1, 2] (alpha=2 is sparsemax; alpha->1 approaches softmax), "
             f"got alpha={alpha}"
@@ -32,10 +33,11 @@ def check_alpha(alpha) -> float:
 
 def check_scale(scale, head_dim) -> float:
     if scale is None:
-        return 1.0 / math.sqrt(head_dim)
+        # int() pins a symbolic head_dim: the scale must be a constant, not a SymFloat.
+        return 1.0 / math.sqrt(int(head_dim))
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a real number or None, got {type(scale).__name__} {scale!r}")
-    scale = float(scale)
+    scale = scale if isinstance(scale, float) else float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got scale={scale}")
     return scale
@@ -125,7 +127,7 @@ def check_no_negative_seqlens(seqlens) -> None:
         raise ValueError(f"seqlens must be non-negative, got {seqlens.tolist()}")
 
 
-def check_entmax_inputs(x, alpha, dim) -> None:
+def check_entmax_inputs(x, dim) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     check_dtype("x", x)

@@ -1,0 +1,48 @@
+"""Autograd wiring: attention_fwd's backward is the attention_bwd op; entmax's is torch math.
+
+attention_bwd has no autograd formula of its own, so double backward through the
+attention raises PyTorch's "autograd not registered" error instead of a wrong value.
+"""
+
+import torch
+
+from adasplash_compile.reference import entmax_gradient
+
+
+def _attention_setup_context(ctx, inputs, output):
+    query, key, value, alpha, is_causal, scale, seqlens = inputs
+    _, tau, tile_max = output
+    ctx.save_for_backward(query, key, value, tau, tile_max, seqlens)
+    ctx.alpha, ctx.is_causal, ctx.scale = alpha, is_causal, scale
+    ctx.mark_non_differentiable(tau, tile_max)
+
+
+def _attention_backward(ctx, grad_out, grad_tau, grad_tile_max):
+    query, key, value, tau, tile_max, seqlens = ctx.saved_tensors
+    grad_query, grad_key, grad_value = torch.ops.adasplash.attention_bwd(
+        grad_out, query, key, value, tau, tile_max, ctx.alpha, ctx.is_causal, ctx.scale, seqlens
+    )
+    return grad_query, grad_key, grad_value, None, None, None, None
+
+
+def _entmax_setup_context(ctx, inputs, output):
+    _, alpha, dim = inputs
+    ctx.save_for_backward(output)
+    ctx.alpha, ctx.dim = alpha, dim
+
+
+def _entmax_backward(ctx, grad_y):
+    (y,) = ctx.saved_tensors
+    compute = torch.float64 if y.dtype == torch.float64 else torch.float32
+    grad = entmax_gradient(
+        grad_y.movedim(ctx.dim, -1).to(compute), y.movedim(ctx.dim, -1).to(compute), ctx.alpha
+    )
+    return grad.to(y.dtype).movedim(-1, ctx.dim), None, None
+
+
+torch.library.register_autograd(
+    "adasplash::attention_fwd", _attention_backward, setup_context=_attention_setup_context
+)
+torch.library.register_autograd(
+    "adasplash::entmax_fwd", _entmax_backward, setup_context=_entmax_setup_context
+)

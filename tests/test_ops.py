@@ -1,0 +1,108 @@
+"""torch.library.opcheck over the ops' matrix of cases (CPU; CUDA cases run on the GPU)."""
+
+import pytest
+import torch
+
+import adasplash_compile  # noqa: F401  (registers the ops)
+from adasplash_compile import reference
+
+OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+ATTENTION_CASES = {
+    "plain": dict(q=(1, 2, 20, 8), kv=(1, 2, 20, 8), is_causal=False, seqlens=None, strided=False),
+    "causal": dict(q=(1, 2, 20, 8), kv=(1, 2, 33, 8), is_causal=True, seqlens=None, strided=False),
+    "gqa": dict(q=(2, 4, 17, 16), kv=(2, 1, 17, 16), is_causal=True, seqlens=None, strided=False),
+    "seqlens": dict(q=(2, 2, 18, 8), kv=(2, 2, 18, 8), is_causal=False, seqlens=[5, 18], strided=False),
+    "strided": dict(q=(1, 2, 19, 8), kv=(1, 2, 19, 8), is_causal=True, seqlens=None, strided=True),
+}
+
+
+def _attention_args(case, dtype, device, requires_grad):
+    def make(shape):
+        if case["strided"]:
+            b, h, n, d = shape
+            t = torch.randn(b, n, h, d, dtype=dtype, device=device).transpose(1, 2)
+        else:
+            t = torch.randn(shape, dtype=dtype, device=device)
+        return t.requires_grad_(requires_grad)
+
+    seqlens = None if case["seqlens"] is None else torch.tensor(case["seqlens"], device=device)
+    return make(case["q"]), make(case["kv"]), make(case["kv"]), seqlens
+
+
+def _check_forward(case, dtype, device, requires_grad):
+    q, k, v, seqlens = _attention_args(ATTENTION_CASES[case], dtype, device, requires_grad)
+    torch.library.opcheck(
+        torch.ops.adasplash.attention_fwd.default,
+        (q, k, v, 1.5, ATTENTION_CASES[case]["is_causal"], 0.4, seqlens),
+        test_utils=OPCHECK_TESTS,
+    )
+
+
+def _check_backward(case, dtype, device):
+    q, k, v, seqlens = _attention_args(ATTENTION_CASES[case], dtype, device, False)
+    causal = ATTENTION_CASES[case]["is_causal"]
+    _, tau, tile_max = torch.ops.adasplash.attention_fwd(q, k, v, 1.5, causal, 0.4, seqlens)
+    grad_out = torch.randn_like(q)
+    torch.library.opcheck(
+        torch.ops.adasplash.attention_bwd.default,
+        (grad_out, q, k, v, tau, tile_max, 1.5, causal, 0.4, seqlens),
+        test_utils=OPCHECK_TESTS,
+    )
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ATTENTION_CASES)
+def test_attention_fwd_opcheck(case, dtype, requires_grad):
+    _check_forward(case, dtype, "cpu", requires_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ATTENTION_CASES)
+def test_attention_bwd_opcheck(case, dtype):
+    # The backward op has no derivative of its own (no double backward), so it is
+    # checked with inputs that do not require grad.
+    _check_backward(case, dtype, "cpu")
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [0, -1])
+def test_entmax_fwd_opcheck(dim, dtype, requires_grad):
+    x = torch.randn(6, 11, dtype=dtype, requires_grad=requires_grad)
+    torch.library.opcheck(torch.ops.adasplash.entmax_fwd.default, (x, 1.5, dim), test_utils=OPCHECK_TESTS)
+
+
+def test_double_backward_is_refused_not_wrong():
+    q, k, v = (torch.randn(1, 1, 6, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    out = adasplash_compile.adasplash(q, k, v)
+    (grad_q,) = torch.autograd.grad(out.sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="attention_bwd"):
+        grad_q.sum().backward()
+
+
+def test_forward_outputs_follow_the_contract():
+    q, k, v = (torch.randn(1, 2, 70, 8) for _ in range(3))
+    out, tau, tile_max = torch.ops.adasplash.attention_fwd(q, k, v, 1.5, True, 0.3, None)
+    expected = reference.attention_forward(q, k, v, 1.5, True, 0.3, None)
+    for actual, want in zip((out, tau, tile_max), expected):
+        torch.testing.assert_close(actual, want, rtol=0, atol=0)
+    assert tau.dtype == tile_max.dtype == torch.float32
+    assert tau.shape == (1, 2, 70) and tile_max.shape == (1, 2, 3, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", ATTENTION_CASES)
+def test_cuda_opcheck(case, dtype, requires_grad):
+    _check_forward(case, dtype, "cuda", requires_grad)
+    _check_backward(case, dtype, "cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_entmax_opcheck():
+    for requires_grad in (False, True):
+        x = torch.randn(6, 300, device="cuda", requires_grad=requires_grad)
+        torch.library.opcheck(torch.ops.adasplash.entmax_fwd.default, (x, 1.5, -1), test_utils=OPCHECK_TESTS)
