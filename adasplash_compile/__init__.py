@@ -4,6 +4,7 @@
 from adasplash_compile import ops as _ops  # noqa: F401
 from adasplash_compile import fake as _fake  # noqa: F401
 from adasplash_compile import autograd as _autograd  # noqa: F401
+from adasplash_compile import lowering as _lowering  # noqa: F401
 from adasplash_compile.api import adasplash, entmax
 from adasplash_compile.version import __version__
 
