@@ -106,3 +106,27 @@ def test_cuda_entmax_opcheck():
     for requires_grad in (False, True):
         x = torch.randn(6, 300, device="cuda", requires_grad=requires_grad)
         torch.library.opcheck(torch.ops.adasplash.entmax_fwd.default, (x, 1.5, -1), test_utils=OPCHECK_TESTS)
+
+
+@pytest.mark.interpret
+def test_backend_switch_sends_cpu_tensors_through_the_kernels(monkeypatch):
+    from adasplash_compile.kernels import backward, forward
+
+    calls = []
+    for module, name in ((forward, "attention_forward"), (backward, "attention_backward")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    monkeypatch.setenv("ADASPLASH_COMPILE_BACKEND", "triton")
+    q = torch.randn(1, 2, 70, 16, requires_grad=True)
+    k, v = (torch.randn(1, 1, 70, 16, requires_grad=True) for _ in range(2))
+    out = adasplash_compile.adasplash(q, k, v, is_causal=True)
+    out.backward(torch.ones_like(out))
+    assert calls == ["attention_forward", "attention_backward"]
+    monkeypatch.delenv("ADASPLASH_COMPILE_BACKEND")
+    expected_q, expected_k = q.grad.clone(), k.grad.clone()
+    q.grad = k.grad = v.grad = None
+    reference_out = adasplash_compile.adasplash(q, k, v, is_causal=True)
+    reference_out.backward(torch.ones_like(reference_out))
+    torch.testing.assert_close(out, reference_out, rtol=0, atol=1e-5)
+    torch.testing.assert_close(expected_q, q.grad, rtol=0, atol=1e-4)
+    torch.testing.assert_close(expected_k, k.grad, rtol=0, atol=1e-4)

@@ -1,0 +1,455 @@
+"""Attention forward kernels (kernels/forward.py) against the float64 oracle and the reference.
+
+``interpret`` tests run the real kernels on CPU tensors under TRITON_INTERPRET=1 at
+small shapes (the interpreter is wrong in bf16, so fp32 and fp16 only); ``gpu`` tests
+run the same matrix compiled for CUDA at large shapes, bf16 included. Every case
+checks: out against entmax_bisect in float64 (tests/oracle.py) within the dtype's
+tolerance, tau and tile_max against reference.attention_forward, exact zeros for
+rows that see no key, and no NaN.
+"""
+
+import pytest
+import torch
+
+from adasplash_compile import reference
+from adasplash_compile.kernels.forward import (
+    _needs_int64,
+    attention_forward,
+    default_forward_config,
+    forward_configs,
+    prune_forward_configs,
+)
+from adasplash_compile.options import TILE_M, TILE_N, tile_grid
+from tests.conftest import TOLERANCES
+from tests.oracle import dense_mask, entmax_attention
+
+interpret = pytest.mark.interpret
+gpu = pytest.mark.gpu
+slow = pytest.mark.slow
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_qkv(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype, device=DEVICE, layout="bhnd",
+             sparse=False):
+    """query, key, value. layout "bnhd": (B, N, H, D) storage seen as (B, H, N, D);
+    "strided_d": every other element of a 2*D-wide tensor (stride 2 along D).
+
+    sparse=True builds q and k from shared positional features, so query i mostly
+    attends to keys near i + N - M and most 64x64 tiles of P are exactly zero: the
+    tile-skipping paths (threshold sweeps and output pass) then carry the result.
+    """
+    q = torch.randn(batch, q_heads, n_queries, head_dim, device=device)
+    k = torch.randn(batch, kv_heads, n_keys, head_dim, device=device)
+    v = torch.randn(batch, kv_heads, n_keys, head_dim, device=device)
+    if sparse:
+        freqs = torch.linspace(0.02, 0.3, head_dim // 2, device=device)
+
+        def features(positions):
+            angles = positions[:, None].float() * freqs[None, :]
+            return torch.cat([angles.cos(), angles.sin()], dim=-1) * 2.5
+
+        q = q * 0.1 + features(torch.arange(n_queries, device=device) + (n_keys - n_queries))
+        k = k * 0.1 + features(torch.arange(n_keys, device=device))
+    return tuple(with_layout(t, dtype, layout) for t in (q, k, v))
+
+
+def with_layout(t, dtype, layout):
+    """t (B, H, N, D) in dtype, stored as layout says."""
+    if layout == "bnhd":
+        return t.transpose(1, 2).contiguous().to(dtype).transpose(1, 2)
+    if layout == "strided_d":
+        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=dtype, device=t.device)
+        wide[..., ::2] = t
+        return wide[..., ::2]
+    return t.to(dtype)
+
+
+def check_forward(q, k, v, alpha, is_causal, scale, seqlens, config=None, out_tol=None):
+    out, tau, tile_max = attention_forward(q, k, v, alpha, is_causal, scale, seqlens, config=config)
+    batch, q_heads, n_queries, _ = q.shape
+    n_keys = k.shape[2]
+
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert tau.dtype == torch.float32 and tau.shape == (batch, q_heads, n_queries)
+    assert tile_max.dtype == torch.float32 and tile_max.shape == (batch, q_heads, *tile_grid(n_queries, n_keys))
+    assert not out.isnan().any()
+    assert not tau.isnan().any() and not tile_max.isnan().any()
+
+    gold, _ = entmax_attention(q, k, v, alpha, is_causal, scale, None if seqlens is None else seqlens.cpu())
+    tol = TOLERANCES[q.dtype]["out"] if out_tol is None else out_tol
+    err = (out.double().cpu() - gold).abs().max().item()
+    assert err <= tol, f"max |out - oracle| = {err:.3g} > {tol}"
+
+    # Rows that see no key output exact zeros and tau = +inf.
+    mask = dense_mask(batch, n_queries, n_keys, is_causal, None if seqlens is None else seqlens.cpu())
+    empty = ~mask.any(-1).expand(batch, q_heads, n_queries)
+    assert (out.cpu()[empty] == 0).all()
+    assert torch.isposinf(tau.cpu()[empty]).all()
+
+    _, ref_tau, ref_tile_max = reference.attention_forward(q, k, v, alpha, is_causal, scale, seqlens)
+    torch.testing.assert_close(tau, ref_tau, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(tile_max, ref_tile_max, atol=1e-5, rtol=1e-5)
+    return out, tau, tile_max
+
+
+def _seqlens(values, dtype=torch.int32):
+    return None if values is None else torch.tensor(values, dtype=dtype, device=DEVICE)
+
+
+# --------------------------------------------------------------------------- configs (no kernels run)
+
+
+def test_default_config_is_first_candidate_and_tile_aligned():
+    for head_dim in (8, 40, 64, 96, 128, 192, 256):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            config = default_forward_config(head_dim, dtype)
+            assert config == forward_configs(head_dim, dtype)[0]
+            assert config["BLOCK_M"] == TILE_M and config["BLOCK_N"] == TILE_N
+
+
+def test_prune_rejects_misaligned_blocks_and_bad_nbins():
+    good = dict(BLOCK_M=64, BLOCK_N=64, NBINS=8, MAX_SWEEPS=4, EDGE_UNROLL=1, num_warps=4, num_stages=2)
+    bad = [dict(good, BLOCK_M=128), dict(good, BLOCK_N=32), dict(good, NBINS=6), dict(good, NBINS=1),
+           dict(good, MAX_SWEEPS=0), dict(good, EDGE_UNROLL=0)]
+    assert prune_forward_configs([good, *bad], 64, torch.float16) == [good]
+
+
+def test_prune_drops_stages_that_overflow_shared_memory():
+    config = dict(BLOCK_M=64, BLOCK_N=64, NBINS=8, MAX_SWEEPS=4, EDGE_UNROLL=1, num_warps=8, num_stages=2)
+    assert prune_forward_configs([config], 256, torch.float32) == []
+    assert prune_forward_configs([config], 256, torch.bfloat16) == [config]
+    assert default_forward_config(256, torch.float32)["num_stages"] == 1
+
+
+def test_every_candidate_config_passes_pruning():
+    for head_dim in (8, 64, 256):
+        for dtype in (torch.float32, torch.bfloat16):
+            configs = forward_configs(head_dim, dtype)
+            assert configs and prune_forward_configs(configs, head_dim, dtype) == configs
+
+
+def test_int64_predicate_on_meta_tensors():
+    assert not _needs_int64(torch.empty(2, 8, 4096, 128, device="meta"))
+    # Batch and head offsets are widened anyway: a huge B * H alone needs no USE_INT64.
+    assert not _needs_int64(torch.empty(4096, 64, 4096, 128, device="meta"))
+    # One head of 2^24 keys x 128 dims spans 2^31 elements.
+    assert _needs_int64(torch.empty(1, 1, 2**24, 128, device="meta"))
+    # A transposed (B, N, H, D) view: rows are H * D = 512 apart, so 2^22 + 1 keys pass.
+    assert _needs_int64(torch.empty(1, 2**22 + 1, 8, 64, device="meta").transpose(1, 2))
+    assert not _needs_int64(torch.empty(1, 2**20, 8, 64, device="meta").transpose(1, 2))
+
+
+# torch.library.wrap_triton decides which arguments a kernel mutates from its TTIR;
+# an argument reported as written is cloned by Inductor before every launch. This
+# runs that analysis on the real (compiled, not interpreted) kernels in a fresh
+# process; without a GPU it targets sm_90 through a stub driver (TTIR needs no GPU).
+_MUTATION_SCRIPT = """
+import json, torch, triton
+from triton.backends.compiler import GPUTarget
+if not torch.cuda.is_available():
+    class _Stub:
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+    triton.runtime.driver.set_active(_Stub())
+from torch._higher_order_ops.triton_kernel_wrap import identify_accessed_tensors
+from adasplash_compile.kernels.forward import attention_forward
+launches = []
+class Capture:
+    def __init__(self, kernel):
+        self.kernel = kernel
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
+q = torch.randn(1, 2, 70, 64, dtype=torch.bfloat16)
+k = torch.randn(1, 1, 130, 64, dtype=torch.bfloat16)
+attention_forward(q, k, k.clone(), 1.5, True, 0.125, torch.tensor([100]), wrap=Capture)
+result = {}
+for kernel, args, kwargs in launches:
+    named = dict(zip(kernel.arg_names, args))
+    named.update({n: v for n, v in kwargs.items() if n not in ("num_warps", "num_stages")})
+    writes = identify_accessed_tensors(kernel, named, {}).read_writes.writes
+    result[kernel.fn.__name__] = sorted(dep.name for dep in writes)
+print(json.dumps(result))
+"""
+
+
+def test_mutation_analysis_reports_only_outputs():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _MUTATION_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "assuming every input is mutated" not in done.stderr
+    writes = json.loads(done.stdout.strip().splitlines()[-1])
+    assert writes == {
+        "_adasplash_fwd_rowmax": ["m_ptr", "tile_max_ptr"],
+        "_adasplash_fwd_tau_out": ["out_ptr", "tau_ptr", "tile_list_ptr"],
+    }
+
+
+# --------------------------------------------------------------------------- interpreter (CPU)
+
+ALPHAS = [1.05, 1.25, 1.5, 1.75, 2.0]
+
+
+@interpret
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_alpha_and_causal(alpha, is_causal):
+    q, k, v = make_qkv(1, 1, 1, 70, 130, 40, torch.float32)
+    check_forward(q, k, v, alpha, is_causal, 40**-0.5, None)
+
+
+@interpret
+@pytest.mark.parametrize("n_keys", [1, 37, 130, 257])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_odd_key_lengths(n_keys, is_causal):
+    q, k, v = make_qkv(1, 1, 1, 37, n_keys, 16, torch.float32)
+    check_forward(q, k, v, 1.5, is_causal, 0.5, None)
+
+
+@interpret
+@pytest.mark.parametrize("n_queries, n_keys", [(130, 37), (37, 130), (1, 100), (100, 1)])
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+def test_queries_differ_from_keys_causal(n_queries, n_keys, alpha):
+    # Bottom-right causal: with M > N the first M - N rows see nothing (zeros, tau = +inf).
+    q, k, v = make_qkv(1, 1, 1, n_queries, n_keys, 16, torch.float32)
+    check_forward(q, k, v, alpha, True, 0.5, None)
+
+
+@interpret
+@pytest.mark.parametrize("q_heads, kv_heads", [(4, 2), (4, 1)])
+def test_grouped_query_heads(q_heads, kv_heads):
+    q, k, v = make_qkv(1, q_heads, kv_heads, 40, 70, 16, torch.float32)
+    check_forward(q, k, v, 1.5, True, 0.5, None)
+
+
+@interpret
+@pytest.mark.parametrize("n_queries", [70, 40])
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("seqlens_dtype", [torch.int32, torch.int64])
+def test_seqlens(n_queries, is_causal, seqlens_dtype):
+    # 0 (nothing visible), inside the sequence, and beyond N (clamped). With M == N the
+    # padding queries see nothing too.
+    n_keys = 70
+    q, k, v = make_qkv(3, 2, 1, n_queries, n_keys, 16, torch.float32)
+    check_forward(q, k, v, 1.5, is_causal, 0.5, _seqlens([0, 45, 200], seqlens_dtype))
+
+
+@interpret
+@pytest.mark.parametrize("head_dim", [8, 40, 64, 96])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_head_dims_and_dtypes(head_dim, dtype):
+    q, k, v = make_qkv(1, 2, 1, 65, 100, head_dim, dtype)
+    check_forward(q, k, v, 1.5, True, head_dim**-0.5, None)
+
+
+@interpret
+@pytest.mark.parametrize("alpha", [1.25, 2.0])
+def test_half_precision_alphas(alpha):
+    q, k, v = make_qkv(1, 1, 1, 64, 130, 32, torch.float16)
+    check_forward(q, k, v, alpha, False, 32**-0.5, None)
+
+
+@interpret
+@pytest.mark.parametrize("layout", ["bnhd", "strided_d"])
+def test_strided_inputs(layout):
+    q, k, v = make_qkv(2, 2, 2, 50, 90, 16, torch.float32, layout=layout)
+    assert not q.is_contiguous() and not k.is_contiguous()
+    out, _, _ = check_forward(q, k, v, 1.5, True, 0.5, None)
+    assert out.stride() == torch.empty_like(q).stride()
+
+
+@interpret
+@pytest.mark.parametrize(
+    "batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype, layout, seqlens, alpha",
+    [
+        (2, 4, 2, 90, 90, 40, torch.float16, "bnhd", [77, 0], 1.5),
+        (2, 4, 1, 33, 150, 24, torch.float32, "strided_d", [150, 64], 1.25),
+        (3, 2, 2, 129, 65, 64, torch.float32, "bnhd", [65, 1, 100], 2.0),
+    ],
+)
+def test_combined_features(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype, layout, seqlens, alpha):
+    # GQA, seqlens, strided storage, causal with M != N and half precision at once.
+    q, k, v = make_qkv(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype, layout=layout)
+    check_forward(q, k, v, alpha, True, head_dim**-0.5, _seqlens(seqlens))
+
+
+@interpret
+@pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0])
+def test_block_sparse_inputs_skip_tiles(alpha):
+    # Most 64x64 tiles of P are zero here; the result must not depend on skipping.
+    q, k, v = make_qkv(1, 1, 1, 200, 260, 32, torch.float32, sparse=True)
+    out, tau, tile_max = check_forward(q, k, v, alpha, False, 32**-0.5, None)
+    rows = tau.view(-1)
+    padded = torch.full((tile_max.shape[2] * TILE_M,), float("inf"))
+    padded[: rows.numel()] = rows
+    tile_tau_min = padded.view(-1, TILE_M).amin(1)
+    zero_tiles = (tile_max[0, 0] <= tile_tau_min[:, None]).float().mean().item()
+    assert zero_tiles > 0.5, "the sparse input should leave most tiles of P empty"
+
+
+@interpret
+@pytest.mark.parametrize("kind", ["ties", "one_hot", "flat"])
+@pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0])
+def test_degenerate_scores(kind, alpha):
+    q, k, v = make_qkv(1, 1, 1, 20, 75, 16, torch.float32)
+    if kind == "ties":  # every key equal: uniform weights, tau' = -n^(1-alpha) exactly
+        k = k[:, :, :1].expand_as(k).contiguous()
+    elif kind == "one_hot":  # huge scores: the max key takes everything
+        q = q * 50
+    else:  # tiny scores: nearly uniform, everything inside the initial bracket
+        q = q * 0.01
+    check_forward(q, k, v, alpha, False, 0.25, None)
+
+
+@interpret
+@pytest.mark.parametrize("nbins, sweeps, unroll", [(4, 5, 4), (16, 3, 1), (2, 8, 1)])
+@pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0])
+def test_other_histogram_configs(nbins, sweeps, unroll, alpha):
+    q, k, v = make_qkv(1, 1, 1, 64, 130, 16, torch.float32)
+    config = dict(BLOCK_M=64, BLOCK_N=64, NBINS=nbins, MAX_SWEEPS=sweeps, EDGE_UNROLL=unroll, num_warps=4,
+                  num_stages=1)
+    check_forward(q, k, v, alpha, True, 0.5, None, config=config)
+
+
+@interpret
+def test_forced_int64_offsets_match():
+    q, k, v = make_qkv(2, 2, 1, 40, 70, 16, torch.float32, layout="bnhd")
+    config = dict(default_forward_config(16, torch.float32), USE_INT64=True)
+    forced = attention_forward(q, k, v, 1.5, True, 0.5, _seqlens([60, 30]), config=config)
+    plain = attention_forward(q, k, v, 1.5, True, 0.5, _seqlens([60, 30]))
+    for a, b in zip(forced, plain):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@interpret
+def test_wrap_is_applied_to_every_launch():
+    q, k, v = make_qkv(1, 1, 1, 20, 30, 8, torch.float32)
+    wrapped = []
+
+    def wrap(kernel):
+        wrapped.append(kernel)
+        return kernel
+
+    out, _, _ = attention_forward(q, k, v, 1.5, False, 0.5, None, wrap=wrap)
+    assert len(wrapped) == 2
+    traceable = attention_forward(q, k, v, 1.5, False, 0.5, None, wrap=torch.library.wrap_triton)[0]
+    torch.testing.assert_close(out, traceable, atol=0, rtol=0)
+
+
+# --------------------------------------------------------------------------- GPU
+
+GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("alpha", [1.05, 1.25, 1.5, 1.75, 2.0])
+def test_gpu_alpha_causal_dtype(alpha, is_causal, dtype):
+    q, k, v = make_qkv(2, 4, 2, 300, 1000, 64, dtype)
+    check_forward(q, k, v, alpha, is_causal, 64**-0.5, None)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("head_dim", [40, 64, 96, 128, 192, 256])
+def test_gpu_head_dims(head_dim, dtype):
+    q, k, v = make_qkv(1, 2, 1, 257, 513, head_dim, dtype)
+    check_forward(q, k, v, 1.5, True, head_dim**-0.5, None)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("n_keys", [1, 37, 257, 4097, 16384])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_gpu_long_keys(n_keys, is_causal, dtype):
+    # Few query rows keep the float64 oracle cheap while rows see up to 16k keys.
+    q, k, v = make_qkv(1, 2, 1, 100, n_keys, 64, dtype)
+    check_forward(q, k, v, 1.5, is_causal, 0.125, None)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0])
+@pytest.mark.parametrize("n", [2048, 16384])
+def test_gpu_block_sparse_long(n, alpha, dtype):
+    # M = N = 16k: compared with the float64 reference on the GPU (the bisect oracle
+    # would need the full M x N matrix on the CPU).
+    q, k, v = make_qkv(1, 1, 1, n, n, 128, dtype, sparse=True)
+    out, tau, tile_max = attention_forward(q, k, v, alpha, True, 128**-0.5, None)
+    ref_out, ref_tau, ref_tile_max = reference.attention_forward(q.double(), k.double(), v.double(), alpha, True,
+                                                                 128**-0.5, None)
+    err = (out.double() - ref_out).abs().max().item()
+    assert err <= TOLERANCES[dtype]["out"], err
+    finite = torch.isfinite(ref_tau)
+    assert torch.equal(finite, torch.isfinite(tau))
+    assert (tau[finite].double() - ref_tau[finite].double()).abs().max().item() <= 1e-4
+    assert torch.equal(torch.isfinite(tile_max), torch.isfinite(ref_tile_max))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("n_queries, n_keys", [(1000, 300), (300, 1000), (1, 4000), (4000, 1)])
+def test_gpu_queries_differ_from_keys(n_queries, n_keys, dtype):
+    q, k, v = make_qkv(1, 2, 2, n_queries, n_keys, 64, dtype)
+    check_forward(q, k, v, 1.5, True, 0.125, None)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("square", [True, False])
+def test_gpu_seqlens_gqa(square, is_causal, dtype):
+    n_keys = 700
+    n_queries = n_keys if square else 300
+    q, k, v = make_qkv(4, 4, 2, n_queries, n_keys, 64, dtype)
+    check_forward(q, k, v, 1.5, is_causal, 0.125, _seqlens([0, 1, 333, 5000], torch.int64))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("layout", ["bnhd", "strided_d"])
+def test_gpu_strided_inputs(layout, dtype):
+    q, k, v = make_qkv(2, 4, 2, 500, 700, 64, dtype, layout=layout)
+    check_forward(q, k, v, 1.5, True, 0.125, None)
+
+
+@gpu
+@pytest.mark.parametrize("nbins, sweeps, unroll", [(4, 5, 4), (8, 4, 8), (16, 3, 1)])
+@pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0])
+def test_gpu_other_histogram_configs(nbins, sweeps, unroll, alpha):
+    q, k, v = make_qkv(1, 2, 1, 300, 2000, 128, torch.bfloat16)
+    config = dict(default_forward_config(128, torch.bfloat16), NBINS=nbins, MAX_SWEEPS=sweeps, EDGE_UNROLL=unroll)
+    check_forward(q, k, v, alpha, True, 128**-0.5, None, config=config)
+
+
+@gpu
+@slow
+def test_gpu_int64_offsets():
+    # Each key/value head spans 2^31 + 64*128 elements (4 GiB in bf16, 16 GiB in all),
+    # and batch 1 starts past 2^31 too. Keys are zero except the last 1000, whose
+    # scores are large, so tau > 0 and only that tail (stored beyond element 2^31)
+    # carries weight: the expected output is attention over the tail alone.
+    batch, n_keys, head_dim, tail = 2, 2**24 + 64, 128, 1000
+    dtype = torch.bfloat16
+    q = torch.randn(batch, 1, 64, head_dim, device="cuda", dtype=dtype)
+    k = torch.zeros(batch, 1, n_keys, head_dim, device="cuda", dtype=dtype)
+    v = torch.zeros(batch, 1, n_keys, head_dim, device="cuda", dtype=dtype)
+    k[:, :, -tail:] = (torch.randn(batch, 1, tail, head_dim, device="cuda") * 2).to(dtype)
+    v[:, :, -tail:] = torch.randn(batch, 1, tail, head_dim, device="cuda").to(dtype)
+    assert _needs_int64(k)
+    out, tau, tile_max = attention_forward(q, k, v, 1.5, False, 1.0, None)
+    expected, ref_tau, _ = reference.attention_forward(q, k[:, :, -tail:], v[:, :, -tail:], 1.5, False, 1.0, None)
+    assert (ref_tau > 0).all(), "zero keys (z = 0) must stay outside the support"
+    assert (out.double() - expected.double()).abs().max().item() <= TOLERANCES[dtype]["out"]
+    torch.testing.assert_close(tau, ref_tau, atol=1e-4, rtol=1e-5)
+    assert (tile_max[:, :, 0, 0] == 0).all()

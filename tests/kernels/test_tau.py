@@ -1,0 +1,133 @@
+"""Threshold helpers (kernels/tau.py), sweep by sweep, against float64 math.
+
+A small test kernel runs tau_init, then MAX_SWEEPS rounds of tau_accumulate and
+tau_update over rows held in registers, recording (lo, hi, tau', active) after every
+sweep. The checks are the invariants the attention and entmax kernels rely on:
+the bracket always holds the root (f(lo) >= 0 >= f(hi) up to rounding), it shrinks,
+rows leave ``active`` only when their estimate is final, and the final tau matches
+reference.solve_tau.
+"""
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from adasplash_compile import reference
+from adasplash_compile.kernels.tau import TAU_TOL, alpha_mode, tau_accumulate, tau_init, tau_update
+
+interpret = pytest.mark.interpret
+gpu = pytest.mark.gpu
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Every test runs interpreted on CPU, and compiled on CUDA where there is a GPU.
+pytestmark = pytest.mark.parametrize(
+    "backend", [pytest.param("interpret", marks=interpret), pytest.param("gpu", marks=gpu)]
+)
+
+
+@triton.jit
+def _tau_trace(z_ptr, trace_ptr, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: tl.constexpr,
+               ALPHA_MODE: tl.constexpr, NBINS: tl.constexpr, MAX_SWEEPS: tl.constexpr, TAU_TOL: tl.constexpr):
+    """trace[s, k, r] for sweep s (0 = after tau_init), k in (lo, hi, tau', active), row r."""
+    rows = tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_L)
+    z = tl.load(z_ptr + rows[:, None] * L + cols[None, :], mask=cols[None, :] < L, other=float("-inf"))
+    m = tl.max(z, 1)
+    n = tl.sum((z > float("-inf")).to(tl.int32), 1)
+    y = z - tl.where(m > float("-inf"), m, 0.0)[:, None]
+    lo, hi, tau, active = tau_init(m, n, alpha, ALPHA_MODE)
+    tl.store(trace_ptr + 0 * ROWS + rows, lo)
+    tl.store(trace_ptr + 1 * ROWS + rows, hi)
+    tl.store(trace_ptr + 2 * ROWS + rows, tau)
+    tl.store(trace_ptr + 3 * ROWS + rows, active.to(tl.float32))
+    for sweep in tl.static_range(1, MAX_SWEEPS + 1):
+        stat_f = tl.zeros([ROWS, NBINS], tl.float32)
+        stat_g = tl.zeros([ROWS, NBINS], tl.float32)
+        stat_c = tl.zeros([ROWS, NBINS], tl.int32)
+        stat_f, stat_g, stat_c = tau_accumulate(y, lo, hi, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE, 1)
+        lo, hi, tau, active = tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE,
+                                         TAU_TOL)
+        base = trace_ptr + sweep * 4 * ROWS
+        tl.store(base + 0 * ROWS + rows, lo)
+        tl.store(base + 1 * ROWS + rows, hi)
+        tl.store(base + 2 * ROWS + rows, tau)
+        tl.store(base + 3 * ROWS + rows, active.to(tl.float32))
+
+
+def trace_tau(z, alpha, nbins=8, sweeps=5):
+    rows, length = z.shape
+    trace = torch.empty(sweeps + 1, 4, rows, device=z.device)
+    _tau_trace[(1,)](z.contiguous(), trace, length, alpha, 1.0 / (alpha - 1.0), ROWS=rows,
+                     BLOCK_L=triton.next_power_of_2(length), ALPHA_MODE=alpha_mode(alpha), NBINS=nbins,
+                     MAX_SWEEPS=sweeps, TAU_TOL=TAU_TOL)
+    lo, hi, tau, active = trace.unbind(1)
+    return lo, hi, tau, active > 0
+
+
+def objective(y, t, alpha):
+    """f(t) = sum [y - t]_+^(1/(alpha-1)) - 1 in float64, per row, t (rows,)."""
+    gap = (y.double() - t.double()[:, None]).clamp_min(0)
+    return gap.pow(1.0 / (alpha - 1.0)).sum(-1) - 1.0
+
+
+def rows_of(kind, length):
+    torch.manual_seed(0)
+    if kind == "gauss":
+        return torch.randn(16, length)
+    if kind == "wide":
+        return torch.randn(16, length) * 6
+    if kind == "ties":
+        return torch.randint(0, 4, (16, length)).float() * 0.25
+    return torch.randn(16, length) * 0.02  # "flat": everything inside the first bracket
+
+
+@pytest.mark.parametrize("kind", ["gauss", "wide", "ties", "flat"])
+@pytest.mark.parametrize("alpha", [1.05, 1.25, 1.5, 1.75, 2.0])
+def test_bracket_invariants_and_convergence(alpha, kind, backend):
+    scores = rows_of(kind, 200).to(DEVICE)
+    z = (alpha - 1.0) * scores
+    lo, hi, tau, active = trace_tau(z, alpha)
+    y = (z - z.amax(-1, keepdim=True)).cpu()
+    lo, hi, tau, active = lo.cpu(), hi.cpu(), tau.cpu(), active.cpu()
+    # Every sweep keeps the root inside [lo, hi] (f(lo) >= 0 >= f(hi), up to float32
+    # rounding of the edges) and never widens the bracket.
+    slack = 1e-4
+    for sweep in range(lo.shape[0]):
+        assert (objective(y, lo[sweep], alpha) >= -slack).all(), f"f(lo) < 0 after sweep {sweep}"
+        assert (objective(y, hi[sweep], alpha) <= slack).all(), f"f(hi) > 0 after sweep {sweep}"
+        assert (lo[sweep] <= hi[sweep]).all()
+        if sweep:
+            assert (hi[sweep] - lo[sweep] <= hi[sweep - 1] - lo[sweep - 1] + 1e-7).all()
+            # A row that left `active` keeps its estimate.
+            done = ~active[sweep - 1]
+            assert torch.equal(tau[sweep][done], tau[sweep - 1][done])
+    assert not active[-1].any(), "every row converges within 5 sweeps"
+    expected = reference.solve_tau(z.cpu().double(), alpha)[:, 0] - z.cpu().double().amax(-1)
+    assert (tau[-1].double() - expected).abs().max().item() <= 2e-6
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+def test_closed_form_is_exact_after_the_histogram_when_no_entry_lies_in_the_bin(alpha, backend):
+    # Few, well-separated scores: the histogram bin holding tau holds no score, so the
+    # closed form (alpha in {1.5, 2}) finishes every row in the first sweep.
+    z = torch.tensor([[0.0, -0.31, -0.77, -2.0], [0.0, -0.05, -3.0, -3.5]], device=DEVICE)
+    z = torch.cat([z, z - 0.5])
+    lo, hi, tau, active = trace_tau(z, alpha, sweeps=2)
+    assert not active[1].any()
+    expected = reference.solve_tau(z.cpu().double(), alpha)[:, 0] - z.cpu().double().amax(-1)
+    assert (tau[1].cpu().double() - expected).abs().max().item() <= 1e-6
+
+
+def test_rows_without_entries_and_single_entries(backend):
+    z = torch.full((4, 8), float("-inf"), device=DEVICE)
+    z[1, 3] = 2.0  # one entry: tau' = -1 (p = 1) without any sweep
+    z[2] = 0.5  # all tied: tau' = hi = -n^(1-alpha)
+    lo, hi, tau, active = trace_tau(z, 1.5, sweeps=1)
+    # Rows 0, 1 and 3 need no sweep; the tied row is done after one (f(hi) = 0).
+    assert active[0].tolist() == [False, False, True, False]
+    assert not active[1].any()
+    assert tau[0, 1].item() == -1.0
+    assert tau[-1, 2].item() == pytest.approx(-(8 ** -0.5), abs=1e-7)
+    assert tau[-1, 0].item() == 0.0 and tau[-1, 3].item() == 0.0  # callers map these to +inf
