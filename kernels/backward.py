@@ -369,6 +369,10 @@ def _adasplash_bwd_dq(
     EVEN_D: tl.constexpr,
 ):
     """Per (row block, b*Hq): DELTA of the block's rows (stored), then their dQ."""
+    # Inductor passes Python floats to user kernels as fp64; keep the math in fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    u_exp = tl.cast(u_exp, tl.float32)
+    scale = tl.cast(scale, tl.float32)
     tl.static_assert(TILE_N % BLOCK_N == 0)
     tl.static_assert(LIST_ROWS % BLOCK_M == 0)
     DOT_PRECISION: tl.constexpr = "ieee" if DOT_MODE == DOT_IEEE else "tf32x3" if DOT_MODE == DOT_TF32X3 else "tf32"
@@ -469,6 +473,10 @@ def _adasplash_bwd_dkdv(
     Works on transposed blocks (keys x rows) so that P^T and dS^T come straight out of
     the score accumulator as the left operand of the dV and dK products.
     """
+    # Inductor passes Python floats to user kernels as fp64; keep the math in fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    u_exp = tl.cast(u_exp, tl.float32)
+    scale = tl.cast(scale, tl.float32)
     tl.static_assert(TILE_M % BLOCK_M == 0)
     tl.static_assert(LIST_KEYS % BLOCK_N == 0)
     DOT_PRECISION: tl.constexpr = "ieee" if DOT_MODE == DOT_IEEE else "tf32x3" if DOT_MODE == DOT_TF32X3 else "tf32"

@@ -130,6 +130,10 @@ def _entmax_fwd(
     NBINS: tl.constexpr, MAX_SWEEPS: tl.constexpr, EDGE_UNROLL: tl.constexpr, TAU_TOL: tl.constexpr,
     SINGLE_CHUNK: tl.constexpr, USE_INT64: tl.constexpr,
 ):
+    # Inductor passes Python floats to user kernels as fp64; keep the math in fp32.
+    alpha = tl.cast(alpha, tl.float32)
+    alpha_m1 = tl.cast(alpha_m1, tl.float32)
+    inv = tl.cast(inv, tl.float32)
     tl.static_assert((NBINS >= 2) and ((NBINS & (NBINS - 1)) == 0), "NBINS must be a power of two >= 2")
     tl.static_assert(MAX_SWEEPS >= 1, "MAX_SWEEPS must be >= 1")
     tl.static_assert(BLOCK_R * BLOCK_L <= 4 * 4096, "a (BLOCK_R, BLOCK_L) tile must fit in registers")

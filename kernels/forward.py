@@ -192,6 +192,8 @@ def _adasplash_fwd_rowmax(
     DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
 ):
     """Dense sweep: row max m of z (into m_ptr) and all n_tile_cols tile_max of the row block."""
+    # Inductor passes Python floats to user kernels as fp64; keep the math in fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
     tl.static_assert(BLOCK_M == 64, "BLOCK_M must equal TILE_M: one program row block = one tile row")
     tl.static_assert(BLOCK_N == 64, "BLOCK_N must equal TILE_N: one key step = one tile_max entry")
     start_m = tl.program_id(0) * BLOCK_M
@@ -288,6 +290,10 @@ def _adasplash_fwd_tau_out(
     a row holding a threshold and the active tile indices, rewritten before every
     sweep (``list_active_tiles``).
     """
+    # Inductor passes Python floats to user kernels as fp64; keep the math in fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    alpha = tl.cast(alpha, tl.float32)
+    inv = tl.cast(inv, tl.float32)
     tl.static_assert(BLOCK_M == 64, "BLOCK_M must equal TILE_M: one program row block = one tile row")
     tl.static_assert(BLOCK_N == 64, "BLOCK_N must equal TILE_N: one key step = one tile_max entry")
     tl.static_assert((NBINS >= 2) and ((NBINS & (NBINS - 1)) == 0), "NBINS must be a power of two >= 2")

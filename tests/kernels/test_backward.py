@@ -88,7 +88,11 @@ def oracle_grads(q, k, v, do, alpha, is_causal, scale, seqlens):
 def assert_close(grads, expected, tol, what):
     for name, g, ref in zip(GRAD_NAMES, grads, expected):
         assert torch.isfinite(g).all(), f"{name}: non-finite values"
-        err = relative_error(g, ref)
+        # Where the exact gradient vanishes (one visible key: dS = u (dP - delta) = 0),
+        # a relative error only measures rounding against zero, so the norm is floored
+        # at 0.1 per element (inputs and grad_out are N(0, 1)).
+        floor = 0.1 * ref.numel() ** 0.5
+        err = relative_error(g, ref) * ref.double().norm().item() / max(ref.double().norm().item(), floor)
         assert err <= tol, f"{name} vs {what}: relative error {err:.3e} > {tol:.1e}"
 
 
