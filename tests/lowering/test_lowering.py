@@ -48,10 +48,8 @@ def test_forward_output_code_has_our_kernels_and_no_op_call():
     compiled = torch.compile(_block, fullgraph=True)
     out, (code,) = run_and_get_code(compiled, q, k, v, gate)
     torch.testing.assert_close(out, _block(q, k, v, gate), rtol=0, atol=2e-2)
-    check = FileCheck()
     for name in _kernel_names("forward"):
-        check = check.check(f"def {name}(")
-    check.run(code)
+        FileCheck().check(f"def {name}(").run(code)
     FileCheck().check_not("torch.ops.adasplash").check_not("extern_kernels.adasplash").run(code)
     # The pointwise prologue and epilogue are Inductor-generated Triton kernels.
     assert code.count("triton_poi_fused") >= 2
@@ -71,10 +69,8 @@ def test_backward_output_code_has_our_kernels():
 
     _, codes = run_and_get_code(step)
     backward_code = codes[-1]
-    check = FileCheck()
     for name in _kernel_names("backward"):
-        check = check.check(f"def {name}(")
-    check.run(backward_code)
+        FileCheck().check(f"def {name}(").run(backward_code)
     FileCheck().check_not("torch.ops.adasplash").run(backward_code)
 
 
