@@ -669,7 +669,9 @@ def attention_backward(
     delta = torch.empty((batch, n_q_heads, n_queries), dtype=torch.float32, device=query.device)
 
     has_seqlens = seqlens is not None
-    seqlens_arg = seqlens if has_seqlens else tau  # never read when HAS_SEQLENS is False
+    # The kernels read seqlens_ptr + b; a (B,) copy is cheap. tau is a dummy pointer,
+    # never read when HAS_SEQLENS is False.
+    seqlens_arg = seqlens.contiguous() if has_seqlens else tau
     # float() of a float would turn a traced constant into a SymFloat (see validation.py).
     alpha = alpha if isinstance(alpha, float) else float(alpha)
     qk_scale = (alpha - 1.0) * scale  # z = (alpha - 1) * scale * q.k

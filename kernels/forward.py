@@ -424,7 +424,9 @@ def attention_forward(
         use_int64 = _needs_int64(query, key, value, out)
     block_m, block_n = cfg["BLOCK_M"], cfg["BLOCK_N"]
     has_seqlens = seqlens is not None
-    seqlens_arg = seqlens if has_seqlens else tau  # never read: HAS_SEQLENS is False
+    # The kernels read seqlens_ptr + b; a (B,) copy is cheap. tau is a dummy pointer,
+    # never read when HAS_SEQLENS is False.
+    seqlens_arg = seqlens.contiguous() if has_seqlens else tau
     common = dict(
         HEAD_DIM=head_dim,
         HAS_SEQLENS=has_seqlens,

@@ -15,7 +15,9 @@ import triton.language as tl
 def valid_lengths(seqlens_ptr, batch, n_queries, n_keys, HAS_SEQLENS: tl.constexpr):
     """(valid_queries, valid_keys) of one batch element; negative lengths clamp to 0."""
     if HAS_SEQLENS:
-        length = tl.maximum(tl.load(seqlens_ptr + batch).to(tl.int32), 0)
+        # Clamp before narrowing: an int64 length past 2^31 must not wrap negative.
+        length = tl.load(seqlens_ptr + batch)
+        length = tl.minimum(tl.maximum(length, 0), tl.maximum(n_queries, n_keys)).to(tl.int32)
         valid_keys = tl.minimum(length, n_keys)
         valid_queries = tl.where(n_queries == n_keys, tl.minimum(length, n_queries), n_queries)
     else:

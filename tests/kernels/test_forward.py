@@ -460,3 +460,13 @@ def test_gpu_int64_offsets():
     assert (out.double() - expected.double()).abs().max().item() <= TOLERANCES[dtype]["out"]
     torch.testing.assert_close(tau, ref_tau, atol=1e-4, rtol=1e-5)
     assert (tile_max[:, :, 0, 0] == 0).all()
+
+
+@interpret
+def test_strided_seqlens_are_read_correctly():
+    q, k, v = make_qkv(3, 2, 1, 70, 70, 16, torch.float32)
+    lengths = torch.tensor([[40, -1], [5000, -1], [0, -1]], dtype=torch.int64)[:, 0]
+    assert not lengths.is_contiguous()
+    out, _, _ = attention_forward(q, k, v, 1.5, True, 0.25, lengths)
+    expected, _, _ = reference.attention_forward(q, k, v, 1.5, True, 0.25, torch.tensor([40, 70, 0]))
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
