@@ -463,9 +463,9 @@ def test_gpu_int64_offsets():
 
 
 @interpret
-def test_strided_seqlens_are_read_correctly():
+def test_strided_and_huge_seqlens_are_read_correctly():
     q, k, v = make_qkv(3, 2, 1, 70, 70, 16, torch.float32)
-    lengths = torch.tensor([[40, -1], [5000, -1], [0, -1]], dtype=torch.int64)[:, 0]
+    lengths = torch.tensor([[40, -1], [2**40, -1], [0, -1]], dtype=torch.int64)[:, 0]
     assert not lengths.is_contiguous()
     out, _, _ = attention_forward(q, k, v, 1.5, True, 0.25, lengths)
     expected, _, _ = reference.attention_forward(q, k, v, 1.5, True, 0.25, torch.tensor([40, 70, 0]))
