@@ -14,6 +14,7 @@ from entmax import entmax_bisect, sparsemax
 from adasplash_compile import reference
 from adasplash_compile.kernels.entmax import default_entmax_config, entmax_forward, prune_entmax_configs
 from tests.conftest import TOLERANCES
+from tests.kernels.mutation import kernel_writes
 
 interpret = pytest.mark.interpret
 gpu = pytest.mark.gpu
@@ -62,43 +63,12 @@ def test_default_config_fits_tile_and_rows():
     assert prune_entmax_configs([config, dict(config, NBINS=3)]) == [config]
 
 
-_MUTATION_SCRIPT = """
-import json, torch, triton
-from triton.backends.compiler import GPUTarget
-if not torch.cuda.is_available():
-    class _Stub:
-        def get_current_target(self):
-            return GPUTarget("cuda", 90, 32)
-    triton.runtime.driver.set_active(_Stub())
-from torch._higher_order_ops.triton_kernel_wrap import identify_accessed_tensors
-from adasplash_compile.kernels.entmax import entmax_forward
-launches = []
-class Capture:
-    def __init__(self, kernel):
-        self.kernel = kernel
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
-entmax_forward(torch.randn(4, 3000), 1.5, -1, wrap=Capture)
-kernel, args, kwargs = launches[0]
-named = dict(zip(kernel.arg_names, args))
-named.update({n: v for n, v in kwargs.items() if n not in ("num_warps", "num_stages")})
-print(json.dumps(sorted(d.name for d in identify_accessed_tensors(kernel, named, {}).read_writes.writes)))
-"""
-
-
 def test_mutation_analysis_reports_only_the_output():
-    # See tests/kernels/test_forward.py: what wrap_triton's TTIR analysis reports as
-    # written gets cloned by Inductor before each launch.
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _MUTATION_SCRIPT], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["y_ptr"]
+    writes = kernel_writes(
+        "from adasplash_compile.kernels.entmax import entmax_forward\n"
+        "entmax_forward(torch.randn(4, 3000), 1.5, -1, wrap=Capture)\n"
+    )
+    assert writes == {"_entmax_fwd": ["y_ptr"]}
 
 
 # --------------------------------------------------------------------------- interpreter (CPU)

@@ -21,6 +21,7 @@ from adasplash_compile.kernels.forward import (
 )
 from adasplash_compile.options import TILE_M, TILE_N, tile_grid
 from tests.conftest import TOLERANCES
+from tests.kernels.mutation import kernel_writes
 from tests.oracle import dense_mask, entmax_attention
 
 interpret = pytest.mark.interpret
@@ -143,51 +144,13 @@ def test_int64_predicate_on_meta_tensors():
     assert not _needs_int64(torch.empty(1, 2**20, 8, 64, device="meta").transpose(1, 2))
 
 
-# torch.library.wrap_triton decides which arguments a kernel mutates from its TTIR;
-# an argument reported as written is cloned by Inductor before every launch. This
-# runs that analysis on the real (compiled, not interpreted) kernels in a fresh
-# process; without a GPU it targets sm_90 through a stub driver (TTIR needs no GPU).
-_MUTATION_SCRIPT = """
-import json, torch, triton
-from triton.backends.compiler import GPUTarget
-if not torch.cuda.is_available():
-    class _Stub:
-        def get_current_target(self):
-            return GPUTarget("cuda", 90, 32)
-    triton.runtime.driver.set_active(_Stub())
-from torch._higher_order_ops.triton_kernel_wrap import identify_accessed_tensors
-from adasplash_compile.kernels.forward import attention_forward
-launches = []
-class Capture:
-    def __init__(self, kernel):
-        self.kernel = kernel
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
-q = torch.randn(1, 2, 70, 64, dtype=torch.bfloat16)
-k = torch.randn(1, 1, 130, 64, dtype=torch.bfloat16)
-attention_forward(q, k, k.clone(), 1.5, True, 0.125, torch.tensor([100]), wrap=Capture)
-result = {}
-for kernel, args, kwargs in launches:
-    named = dict(zip(kernel.arg_names, args))
-    named.update({n: v for n, v in kwargs.items() if n not in ("num_warps", "num_stages")})
-    writes = identify_accessed_tensors(kernel, named, {}).read_writes.writes
-    result[kernel.fn.__name__] = sorted(dep.name for dep in writes)
-print(json.dumps(result))
-"""
-
-
 def test_mutation_analysis_reports_only_outputs():
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _MUTATION_SCRIPT], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "assuming every input is mutated" not in done.stderr
-    writes = json.loads(done.stdout.strip().splitlines()[-1])
+    writes = kernel_writes(
+        "from adasplash_compile.kernels.forward import attention_forward\n"
+        "q = torch.randn(1, 2, 70, 64, dtype=torch.bfloat16)\n"
+        "k = torch.randn(1, 1, 130, 64, dtype=torch.bfloat16)\n"
+        "attention_forward(q, k, k.clone(), 1.5, True, 0.125, torch.tensor([100]), wrap=Capture)\n"
+    )
     assert writes == {
         "_adasplash_fwd_rowmax": ["m_ptr", "tile_max_ptr"],
         "_adasplash_fwd_tau_out": ["out_ptr", "tau_ptr", "tile_list_ptr"],
