@@ -6,7 +6,6 @@ import torch
 from torch import Tensor
 
 from adasplash_compile.validation import (
-    check_alpha,
     check_attention_inputs,
     check_entmax_inputs,
     check_scale,
@@ -54,8 +53,7 @@ def adasplash(
     D must be a multiple of 8 up to 256. dtypes: float32, float16, bfloat16 (and float64
     on the CPU reference).
     """
-    alpha = check_alpha(alpha)
-    check_attention_inputs(query, key, value, is_causal, seqlens)
+    alpha = check_attention_inputs(query, key, value, alpha, is_causal, seqlens)
     scale = check_scale(scale, query.shape[-1])
     out, _, _ = torch.ops.adasplash.attention_fwd(query, key, value, alpha, is_causal, scale, seqlens)
     return out
@@ -67,6 +65,5 @@ def entmax(x: Tensor, alpha: float = 1.5, dim: int = -1) -> Tensor:
     Rows sum to one, as ``entmax.entmax_bisect(x, alpha, dim)``; alpha in (1, 2], with
     alpha=2 sparsemax. A row of all ``-inf`` gives zeros. Output has x's dtype and shape.
     """
-    alpha = check_alpha(alpha)
-    check_entmax_inputs(x, dim)
+    alpha = check_entmax_inputs(x, alpha, dim)
     return torch.ops.adasplash.entmax_fwd(x, alpha, dim)

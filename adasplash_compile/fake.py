@@ -7,13 +7,12 @@ come from ``options.tile_grid`` and stay symbolic under dynamic shapes.
 import torch
 
 from adasplash_compile.options import tile_grid
-from adasplash_compile.validation import check_alpha, check_attention_inputs, check_entmax_inputs
+from adasplash_compile.validation import check_attention_inputs, check_entmax_inputs
 
 
 @torch.library.register_fake("adasplash::attention_fwd")
 def attention_fwd_fake(query, key, value, alpha, is_causal, scale, seqlens):
-    check_alpha(alpha)
-    check_attention_inputs(query, key, value, is_causal, seqlens)
+    check_attention_inputs(query, key, value, alpha, is_causal, seqlens)
     batch, q_heads, n_queries, _ = query.shape
     n_keys = key.shape[2]
     out = torch.empty_like(query)
@@ -24,13 +23,11 @@ def attention_fwd_fake(query, key, value, alpha, is_causal, scale, seqlens):
 
 @torch.library.register_fake("adasplash::attention_bwd")
 def attention_bwd_fake(grad_out, query, key, value, tau, tile_max, alpha, is_causal, scale, seqlens):
-    check_alpha(alpha)
-    check_attention_inputs(query, key, value, is_causal, seqlens)
+    check_attention_inputs(query, key, value, alpha, is_causal, seqlens)
     return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
 
 
 @torch.library.register_fake("adasplash::entmax_fwd")
 def entmax_fwd_fake(x, alpha, dim):
-    check_alpha(alpha)
-    check_entmax_inputs(x, dim)
+    check_entmax_inputs(x, alpha, dim)
     return torch.empty_like(x)

@@ -22,7 +22,6 @@ from torch import Tensor
 from adasplash_compile import reference
 from adasplash_compile.options import cpu_uses_triton
 from adasplash_compile.validation import (
-    check_alpha,
     check_attention_inputs,
     check_entmax_inputs,
     check_no_negative_seqlens,
@@ -45,8 +44,7 @@ def attention_fwd(
     scale: float,
     seqlens: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:
-    check_alpha(alpha)
-    check_attention_inputs(query, key, value, is_causal, seqlens)
+    check_attention_inputs(query, key, value, alpha, is_causal, seqlens)
     check_no_negative_seqlens(seqlens)
     if uses_triton(query):
         from adasplash_compile.kernels.forward import attention_forward
@@ -68,8 +66,7 @@ def attention_bwd(
     scale: float,
     seqlens: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:
-    check_alpha(alpha)
-    check_attention_inputs(query, key, value, is_causal, seqlens)
+    check_attention_inputs(query, key, value, alpha, is_causal, seqlens)
     if uses_triton(query):
         from adasplash_compile.kernels.backward import attention_backward
 
@@ -83,8 +80,7 @@ def attention_bwd(
 
 @torch.library.custom_op("adasplash::entmax_fwd", mutates_args=())
 def entmax_fwd(x: Tensor, alpha: float, dim: int) -> Tensor:
-    check_alpha(alpha)
-    check_entmax_inputs(x, dim)
+    check_entmax_inputs(x, alpha, dim)
     if uses_triton(x):
         from adasplash_compile.kernels.entmax import entmax_forward
 

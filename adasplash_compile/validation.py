@@ -60,7 +60,9 @@ def check_head_dim(head_dim) -> None:
         )
 
 
-def check_attention_inputs(query, key, value, is_causal, seqlens) -> None:
+def check_attention_inputs(query, key, value, alpha, is_causal, seqlens) -> float:
+    """Checks every attention argument but scale; returns alpha as a float."""
+    alpha = check_alpha(alpha)
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -104,6 +106,7 @@ def check_attention_inputs(query, key, value, is_causal, seqlens) -> None:
         )
     if seqlens is not None:
         check_seqlens(seqlens, batch, query.device)
+    return alpha
 
 
 def check_seqlens(seqlens, batch, device) -> None:
@@ -127,7 +130,9 @@ def check_no_negative_seqlens(seqlens) -> None:
         raise ValueError(f"seqlens must be non-negative, got {seqlens.tolist()}")
 
 
-def check_entmax_inputs(x, dim) -> None:
+def check_entmax_inputs(x, alpha, dim) -> float:
+    """Checks the entmax arguments; returns alpha as a float."""
+    alpha = check_alpha(alpha)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     check_dtype("x", x)
@@ -137,3 +142,4 @@ def check_entmax_inputs(x, dim) -> None:
         raise ValueError("x must have at least one dimension, got a 0-D tensor")
     if not -x.dim() <= dim < x.dim():
         raise ValueError(f"dim={dim} is out of range for x with {x.dim()} dimensions")
+    return alpha
