@@ -1,11 +1,12 @@
 """Constants shared by the reference, the ops and the kernels.
 
 TILE_M, TILE_N: the granularity of the block-sparsity record. The forward returns
-``tile_max[b, h, i, j] = max z`` over query rows ``[i*TILE_M, (i+1)*TILE_M)`` and
-key columns ``[j*TILE_N, (j+1)*TILE_N)`` (``z = (alpha-1)*scale*q.k``, visible
-entries only, ``-inf`` for a tile with none). A tile whose maximum is at most the
-smallest threshold of its rows holds only zeros of P, so every later pass skips
-it. The value is part of the op contract, so the CPU reference computes it too.
+``tile_max[b, h, i, j]``: over query rows ``[i*TILE_M, (i+1)*TILE_M)`` and key
+columns ``[j*TILE_N, (j+1)*TILE_N)``, the largest ``z = (alpha-1)*scale*q.k`` among
+the entries with ``z > tau`` of their row (the nonzeros of P), ``-inf`` for a tile
+with none. So a tile holds a nonzero of P iff its tile_max exceeds the smallest
+threshold of its rows, and the backward visits exactly those tiles. The value is
+part of the op contract, so the CPU reference computes it too.
 
 tile_max has one more row and column of tiles than the data needs, always -inf:
 ``(B, Hq, cdiv(Nq, TILE_M) + 1, cdiv(Nk, TILE_N) + 1)``. A dimension that can be

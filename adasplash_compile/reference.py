@@ -156,7 +156,7 @@ def attention_forward(query, key, value, alpha, is_causal, scale, seqlens):
         p = entmax_probabilities(z, tau_chunk, alpha).to(compute)
         out[:, :, rows] = torch.matmul(p, v).to(query.dtype)
         tau[:, :, rows] = tau_chunk.squeeze(-1).to(torch.float32)
-        chunk_tiles = _tile_maxima(z).to(torch.float32)
+        chunk_tiles = _tile_maxima(torch.where(z > tau_chunk, z, float("-inf"))).to(torch.float32)
         tile_max[:, :, start // TILE_M :][:, :, : chunk_tiles.shape[2], : chunk_tiles.shape[3]] = chunk_tiles
     return out, tau, tile_max
 

@@ -45,6 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
+from adasplash_compile.kernels.autotuning import autotuned
 from adasplash_compile.kernels.masking import (
     valid_lengths,
     visible_key_end,
@@ -99,6 +100,12 @@ class BackwardConfig(NamedTuple):
     dkv_warps: int = 4
     dkv_stages: int = 2
     fp32_dot: str = "tf32x3"  # input_precision of fp32 operands, see DOT_TF32X3
+
+
+def autotune_launch_options(dtype: torch.dtype) -> list:
+    """Warps and stages max-autotune tries for the dQ and dK/dV kernels."""
+    stages = (1, 2) if dtype == torch.float32 else (1, 2, 3)
+    return [dict(num_warps=warps, num_stages=n) for warps in (4, 8) for n in stages]
 
 
 def _is_pow2(x: int) -> bool:
@@ -631,6 +638,7 @@ def attention_backward(
     *,
     wrap=None,
     config: Optional[BackwardConfig] = None,
+    autotune: bool = False,
 ):
     """(grad_query, grad_key, grad_value) of AdaSplash-2 attention, recomputing P from tau.
 
@@ -642,7 +650,9 @@ def attention_backward(
 
     Only allocates with torch.empty and launches kernels (no syncs, no value-dependent
     Python), so it traces under ``wrap=torch.library.wrap_triton`` and CUDA-graph capture.
-    ``config`` overrides ``backward_config(D, dtype, device type)``.
+    ``config`` overrides ``backward_config(D, dtype, device type)``. ``autotune`` keeps the
+    config's block sizes and lets the dQ and dK/dV kernels each choose their warps and
+    stages among ``autotune_launch_options`` (kernels/autotuning.py).
     """
     launch = wrap or _identity
     batch, n_q_heads, n_queries, _ = query.shape
@@ -681,7 +691,17 @@ def attention_backward(
     even_d = block_d == head_dim
     dot_mode = _dot_mode(query.dtype, config)
 
-    launch(_adasplash_bwd_dq)[(triton.cdiv(n_queries, config.dq_block_m), batch * n_q_heads)](
+    if autotune:
+        candidates = autotune_launch_options(query.dtype)
+        dq_kernel = autotuned(_adasplash_bwd_dq, candidates, key=("n_queries", "n_keys"))
+        dkdv_kernel = autotuned(_adasplash_bwd_dkdv, candidates, key=("n_queries", "n_keys"))
+        dq_options, dkdv_options = {}, {}
+    else:
+        dq_kernel, dkdv_kernel = _adasplash_bwd_dq, _adasplash_bwd_dkdv
+        dq_options = dict(num_warps=config.dq_warps, num_stages=config.dq_stages)
+        dkdv_options = dict(num_warps=config.dkv_warps, num_stages=config.dkv_stages)
+
+    launch(dq_kernel)[(triton.cdiv(n_queries, config.dq_block_m), batch * n_q_heads)](
         query, key, value, grad_out, tau, delta, grad_query, lists.kv_count, lists.kv_index, seqlens_arg,
         *query.stride(), *key.stride(), *value.stride(), *grad_out.stride(), *grad_query.stride(),
         *tau.stride(),
@@ -689,10 +709,9 @@ def attention_backward(
         qk_scale, u_exp, scale,
         BLOCK_M=config.dq_block_m, BLOCK_N=config.dq_block_n, BLOCK_D=block_d, TILE_N=TILE_N,
         LIST_ROWS=list_rows, IS_CAUSAL=is_causal, HAS_SEQLENS=has_seqlens, ALPHA_MODE=alpha_mode,
-        DOT_MODE=dot_mode, EVEN_D=even_d,
-        num_warps=config.dq_warps, num_stages=config.dq_stages,
+        DOT_MODE=dot_mode, EVEN_D=even_d, **dq_options,
     )
-    launch(_adasplash_bwd_dkdv)[(triton.cdiv(n_keys, config.dkv_block_n), batch * n_kv_heads)](
+    launch(dkdv_kernel)[(triton.cdiv(n_keys, config.dkv_block_n), batch * n_kv_heads)](
         query, key, value, grad_out, tau, delta, grad_key, grad_value, lists.q_count, lists.q_index, seqlens_arg,
         *query.stride(), *key.stride(), *value.stride(), *grad_out.stride(), *grad_key.stride(),
         *grad_value.stride(), *tau.stride(),
@@ -700,7 +719,6 @@ def attention_backward(
         qk_scale, u_exp, scale,
         BLOCK_M=config.dkv_block_m, BLOCK_N=config.dkv_block_n, BLOCK_D=block_d, TILE_M=TILE_M,
         LIST_KEYS=list_keys, IS_CAUSAL=is_causal, HAS_SEQLENS=has_seqlens, ALPHA_MODE=alpha_mode,
-        DOT_MODE=dot_mode, EVEN_D=even_d,
-        num_warps=config.dkv_warps, num_stages=config.dkv_stages,
+        DOT_MODE=dot_mode, EVEN_D=even_d, **dkdv_options,
     )
     return grad_query, grad_key, grad_value

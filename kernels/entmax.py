@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from adasplash_compile.kernels.autotuning import autotuned
 from adasplash_compile.kernels.tau import (
     TAU_TOL,
     alpha_mode,
@@ -78,6 +79,21 @@ def default_entmax_config(n_rows: int, row_length: int) -> dict:
         num_warps=4 if block_r * block_l <= 2048 else 8,
         num_stages=1,
     )
+
+
+# What a config sets beyond its block sizes: the histogram and the launch options.
+_TUNED = ("NBINS", "MAX_SWEEPS", "EDGE_UNROLL", "num_warps", "num_stages")
+
+
+def autotune_entmax_configs(config: dict) -> list:
+    """Candidates around a default config: its block sizes, 4 or 8 edges, 4 or 8 warps."""
+    candidates = []
+    for nbins, sweeps in ((8, 4), (4, 5)):
+        for num_warps in (config["num_warps"], 8 if config["num_warps"] == 4 else 4):
+            for unroll in (1, nbins):
+                candidates.append(dict(NBINS=nbins, MAX_SWEEPS=sweeps, EDGE_UNROLL=unroll, num_warps=num_warps,
+                                       num_stages=config["num_stages"]))
+    return candidates
 
 
 def _merged_stride(shape, stride, start, stop):
@@ -220,12 +236,17 @@ def _identity(kernel):
     return kernel
 
 
-def entmax_forward(x: torch.Tensor, alpha: float, dim: int, *, wrap=None, config=None) -> torch.Tensor:
+def entmax_forward(x: torch.Tensor, alpha: float, dim: int, *, wrap=None, config=None,
+                   autotune: bool = False) -> torch.Tensor:
     """alpha-entmax of x along dim: x's dtype, shape and (dense) layout, rows sum to one.
 
     ``wrap`` wraps the kernel before launch (``torch.library.wrap_triton`` under
-    tracing); ``config`` overrides ``default_entmax_config``.
+    tracing); ``config`` overrides ``default_entmax_config``; ``autotune`` keeps its
+    block sizes and chooses the histogram and launch options among
+    ``autotune_entmax_configs`` (kernels/autotuning.py).
     """
+    if autotune and config is not None:
+        raise ValueError("entmax_forward: pass either config or autotune=True, not both")
     launch = wrap or _identity
     out = torch.empty_like(x)
     if x.numel() == 0:
@@ -249,18 +270,22 @@ def entmax_forward(x: torch.Tensor, alpha: float, dim: int, *, wrap=None, config
         out_strides = _as_rows(target, dim)
 
     cfg = dict(config) if config is not None else default_entmax_config(n_outer * n_inner, row_length)
-    num_warps, num_stages = cfg.pop("num_warps"), cfg.pop("num_stages")
     n_rows = n_outer * n_inner
     grid = (triton.cdiv(n_rows, cfg["BLOCK_R"]),)
-    launch(_entmax_fwd)[grid](
+    if autotune:
+        kernel = autotuned(_entmax_fwd, autotune_entmax_configs(cfg), key=("n_rows", "L"))
+        tuning = {}
+    else:
+        kernel = _entmax_fwd
+        tuning = {name: cfg[name] for name in _TUNED}
+    launch(kernel)[grid](
         x_nd, target,
         n_rows, row_length, n_inner,
         *x_strides, *out_strides,
         alpha, alpha - 1.0, 1.0 / (alpha - 1.0),
-        ALPHA_MODE=alpha_mode(alpha), BLOCK_R=cfg["BLOCK_R"], BLOCK_L=cfg["BLOCK_L"],
-        NBINS=cfg["NBINS"], MAX_SWEEPS=cfg["MAX_SWEEPS"], EDGE_UNROLL=cfg["EDGE_UNROLL"], TAU_TOL=TAU_TOL,
+        ALPHA_MODE=alpha_mode(alpha), BLOCK_R=cfg["BLOCK_R"], BLOCK_L=cfg["BLOCK_L"], TAU_TOL=TAU_TOL,
         SINGLE_CHUNK=row_length <= cfg["BLOCK_L"], USE_INT64=_needs_int64(x_nd) or _needs_int64(target),
-        num_warps=num_warps, num_stages=num_stages,
+        **tuning,
     )
     if target is not out_nd:
         out_nd.copy_(target)

@@ -32,6 +32,12 @@ def _launchers():
     }
 
 
+def max_autotune_enabled() -> bool:
+    """Inductor's max_autotune flag (set by ``mode="max-autotune"``); False without Inductor."""
+    inductor_config = _lookup("torch._inductor", "config")
+    return bool(getattr(inductor_config, "max_autotune", False))
+
+
 def _first_tensor(args):
     return next(a for a in args if isinstance(a, torch.Tensor))
 
@@ -47,7 +53,8 @@ def _make_rule(op_name, decomposition_disabled):
         if not decompose:
             return mode.__torch_dispatch__(op, types, args, kwargs)
         with mode:
-            return _launchers()[op_name](*args, **kwargs, wrap=torch.library.wrap_triton)
+            return _launchers()[op_name](*args, **kwargs, wrap=torch.library.wrap_triton,
+                                         autotune=max_autotune_enabled())
 
     return rule
 

@@ -44,3 +44,35 @@ def entmax_attention(query, key, value, alpha=1.5, is_causal=False, scale=None, 
 def relative_error(actual, expected):
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
     return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+def support_tile_max_bounds(query, key, tau, alpha, is_causal, scale, seqlens, tile_m, tile_n, slack,
+                            rows_per_chunk=1024):
+    """(lower, upper) float64 (B, H, cdiv(M, tile_m), cdiv(N, tile_n)) bounds on tile_max.
+
+    tile_max of a tile is the largest z = (alpha-1)*scale*q.k among its entries with
+    z > tau of their row. Entries within ``slack`` of their threshold may fall on
+    either side in float32, so ``lower`` counts only z > tau + slack and ``upper``
+    every z > tau - slack (-inf where a tile has no such entry). Computed on the
+    inputs' device in float64, ``rows_per_chunk`` query rows at a time.
+    """
+    q, k = query.detach().double(), key.detach().double()
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    tau = tau.detach().double().to(q.device)[..., None]
+    b, h, m, n = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    mask = dense_mask(b, m, n, is_causal, seqlens)
+    pad_n = -n % tile_n
+    bounds = []
+    rows_per_chunk = max(tile_m, rows_per_chunk // tile_m * tile_m)
+    for start in range(0, m, rows_per_chunk):
+        stop = min(m, start + rows_per_chunk)
+        z = (alpha - 1.0) * scale * q[:, :, start:stop] @ k.transpose(-1, -2)
+        z = z.masked_fill(~mask[:, :, start:stop].to(q.device), float("-inf"))
+        pad_m = -(stop - start) % tile_m
+        chunk = []
+        for keep in (z > tau[:, :, start:stop] + slack, z > tau[:, :, start:stop] - slack):
+            kept = torch.nn.functional.pad(z.masked_fill(~keep, float("-inf")), (0, pad_n, 0, pad_m),
+                                           value=float("-inf"))
+            chunk.append(kept.view(b, h, -1, tile_m, (n + pad_n) // tile_n, tile_n).amax(dim=(3, 5)))
+        bounds.append(chunk)
+    return tuple(torch.cat([chunk[i] for chunk in bounds], dim=2).cpu() for i in (0, 1))

@@ -57,19 +57,30 @@ def test_backward_matches_entmax_bisect_autograd(alpha, case):
         assert relative_error(actual, leaf.grad) <= 1e-5
 
 
-def test_tile_max_is_max_of_visible_scores_per_tile():
+def test_tile_max_is_max_of_support_scores_per_tile():
     q, k, v = _inputs(1, 2, 2, 150, 200, 16)
+    # Each row attends mostly to its diagonal key (bottom-right causal alignment: row i
+    # sees keys <= i + 50), so tile (1, 0) is visible but holds no nonzero of P.
+    k[:, :, :64] *= 0.01  # rows 64.. score ~0 on keys 0..63, far below their diagonal
+    q = 0.1 * q + 8.0 * k[:, :, 50:]
     alpha, scale = 1.5, 0.25
-    _, _, tile_max = reference.attention_forward(q, k, v, alpha, True, scale, torch.tensor([180]))
+    _, tau, tile_max = reference.attention_forward(q, k, v, alpha, True, scale, torch.tensor([180]))
     z = (alpha - 1) * scale * q.double() @ k.double().transpose(-1, -2)
     z = z.masked_fill(~dense_mask(1, 150, 200, True, torch.tensor([180])), float("-inf"))
+    support = z > tau.double()[..., None]
     assert tile_max.shape == (1, 2, 4, 5)  # one padding row and column of -inf
     assert torch.isneginf(tile_max[:, :, 3]).all() and torch.isneginf(tile_max[:, :, :, 4]).all()
+    visible_empty = 0
     for i in range(3):
         for j in range(4):
-            block = z[:, :, i * TILE_M : (i + 1) * TILE_M, j * TILE_N : (j + 1) * TILE_N]
-            torch.testing.assert_close(tile_max[:, :, i, j].double(), block.amax((-1, -2)))
+            rows, cols = slice(i * TILE_M, (i + 1) * TILE_M), slice(j * TILE_N, (j + 1) * TILE_N)
+            block = z[:, :, rows, cols].masked_fill(~support[:, :, rows, cols], float("-inf"))
+            torch.testing.assert_close(tile_max[:, :, i, j].double(), block.amax((-1, -2)), atol=1e-5, rtol=1e-5)
+            visible = (z[:, :, rows, cols] > float("-inf")).flatten(2).any(-1)
+            visible_empty += int((visible & torch.isneginf(tile_max[:, :, i, j])).sum())
     assert torch.isneginf(tile_max[:, :, 0, 3]).all()  # rows 0..63 see keys <= 113 only
+    # Visible tiles without a nonzero of P read -inf, not their max z.
+    assert visible_empty > 0
 
 
 def test_rows_are_processed_in_chunks(monkeypatch):

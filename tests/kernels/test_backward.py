@@ -470,3 +470,13 @@ def test_gpu_int64_offsets():
     last = slice(batch - 1, batch)
     expected = reference.attention_backward(do[last], q[last], k[last], v[last], tau[last], alpha, True, scale, None)
     assert_close([g[last] for g in grads], expected, TOLERANCES[BF16]["grad"], "reference")
+
+
+@gpu
+def test_gpu_autotuned_launch_matches_default():
+    q, k, v, do = make_inputs(1, 4, 2, 700, 700, 64, torch.bfloat16, banded=True)
+    tau, tile_max = forward_state(q, k, v, 1.5, True, 0.125, None)
+    default = attention_backward(do, q, k, v, tau, tile_max, 1.5, True, 0.125, None)
+    tuned = attention_backward(do, q, k, v, tau, tile_max, 1.5, True, 0.125, None, autotune=True)
+    for a, b in zip(tuned, default):
+        assert relative_error(a, b) <= 1e-2

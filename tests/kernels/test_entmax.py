@@ -201,3 +201,11 @@ def test_gpu_int64_offsets():
     for row in (0, 2**11):
         expected = oracle(x[row : row + 1], 1.5, -1)
         assert (y[row : row + 1].double().cpu() - expected).abs().max().item() <= TOLERANCES[torch.bfloat16]["out"]
+
+
+@gpu
+def test_gpu_autotuned_launch_matches_default():
+    x = torch.randn(300, 1000, device=DEVICE, dtype=torch.bfloat16)
+    torch.testing.assert_close(entmax_forward(x, 1.5, -1, autotune=True), entmax_forward(x, 1.5, -1),
+                               rtol=0, atol=1e-2)
+    check_entmax(x, 1.5, -1)

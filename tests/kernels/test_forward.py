@@ -4,7 +4,8 @@
 small shapes (the interpreter is wrong in bf16, so fp32 and fp16 only); ``gpu`` tests
 run the same matrix compiled for CUDA at large shapes, bf16 included. Every case
 checks: out against entmax_bisect in float64 (tests/oracle.py) within the dtype's
-tolerance, tau and tile_max against reference.attention_forward, exact zeros for
+tolerance, tau against reference.attention_forward, tile_max against the nonzeros of P
+recomputed in float64 (tests/oracle.py), exact zeros for
 rows that see no key, and no NaN.
 """
 
@@ -22,7 +23,7 @@ from adasplash_compile.kernels.forward import (
 from adasplash_compile.options import TILE_M, TILE_N, tile_grid
 from tests.conftest import TOLERANCES
 from tests.kernels.mutation import kernel_writes
-from tests.oracle import dense_mask, entmax_attention
+from tests.oracle import dense_mask, entmax_attention, support_tile_max_bounds
 
 interpret = pytest.mark.interpret
 gpu = pytest.mark.gpu
@@ -91,10 +92,22 @@ def check_forward(q, k, v, alpha, is_causal, scale, seqlens, config=None, out_to
     assert (out.cpu()[empty] == 0).all()
     assert torch.isposinf(tau.cpu()[empty]).all()
 
-    _, ref_tau, ref_tile_max = reference.attention_forward(q, k, v, alpha, is_causal, scale, seqlens)
+    _, ref_tau, _ = reference.attention_forward(q, k, v, alpha, is_causal, scale, seqlens)
     torch.testing.assert_close(tau, ref_tau, atol=2e-5, rtol=2e-5)
-    torch.testing.assert_close(tile_max, ref_tile_max, atol=1e-5, rtol=1e-5)
+    check_tile_max(tile_max, q, k, tau, alpha, is_causal, scale, seqlens)
     return out, tau, tile_max
+
+
+def check_tile_max(tile_max, q, k, tau, alpha, is_causal, scale, seqlens, slack=1e-4):
+    """tile_max is the largest z among each tile's nonzeros of P (by the kernel's own tau),
+    -inf for a tile without any, and -inf in the padding row and column."""
+    rows, cols = tile_grid(q.shape[2], k.shape[2])
+    assert torch.isneginf(tile_max[:, :, rows - 1]).all() and torch.isneginf(tile_max[:, :, :, cols - 1]).all()
+    lower, upper = support_tile_max_bounds(q, k, tau, alpha, is_causal, scale,
+                                           None if seqlens is None else seqlens.cpu(), TILE_M, TILE_N, slack)
+    actual = tile_max[:, :, : rows - 1, : cols - 1].double().cpu()
+    assert (actual >= lower - slack).all(), "a tile holding a nonzero of P lost its tile_max"
+    assert (actual <= upper + slack).all(), "tile_max is set on a tile without nonzeros, or too large"
 
 
 def _seqlens(values, dtype=torch.int32):
@@ -152,8 +165,8 @@ def test_mutation_analysis_reports_only_outputs():
         "attention_forward(q, k, k.clone(), 1.5, True, 0.125, torch.tensor([100]), wrap=Capture)\n"
     )
     assert writes == {
-        "_adasplash_fwd_rowmax": ["m_ptr", "tile_max_ptr"],
-        "_adasplash_fwd_tau_out": ["out_ptr", "tau_ptr", "tile_list_ptr"],
+        "_adasplash_fwd_rowmax": ["bound_ptr", "m_ptr", "rel_bound_ptr"],
+        "_adasplash_fwd_tau_out": ["out_ptr", "tau_ptr", "tile_list_ptr", "tile_max_ptr"],
     }
 
 
@@ -356,14 +369,14 @@ def test_gpu_block_sparse_long(n, alpha, dtype):
     # would need the full M x N matrix on the CPU).
     q, k, v = make_qkv(1, 1, 1, n, n, 128, dtype, sparse=True)
     out, tau, tile_max = attention_forward(q, k, v, alpha, True, 128**-0.5, None)
-    ref_out, ref_tau, ref_tile_max = reference.attention_forward(q.double(), k.double(), v.double(), alpha, True,
-                                                                 128**-0.5, None)
+    ref_out, ref_tau, _ = reference.attention_forward(q.double(), k.double(), v.double(), alpha, True, 128**-0.5,
+                                                      None)
     err = (out.double() - ref_out).abs().max().item()
     assert err <= TOLERANCES[dtype]["out"], err
     finite = torch.isfinite(ref_tau)
     assert torch.equal(finite, torch.isfinite(tau))
     assert (tau[finite].double() - ref_tau[finite].double()).abs().max().item() <= 1e-4
-    assert torch.equal(torch.isfinite(tile_max), torch.isfinite(ref_tile_max))
+    check_tile_max(tile_max, q, k, tau, alpha, True, 128**-0.5, None)
 
 
 @gpu
@@ -433,3 +446,21 @@ def test_strided_and_huge_seqlens_are_read_correctly():
     out, _, _ = attention_forward(q, k, v, 1.5, True, 0.25, lengths)
     expected, _, _ = reference.attention_forward(q, k, v, 1.5, True, 0.25, torch.tensor([40, 70, 0]))
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+@gpu
+def test_gpu_autotuned_launch_matches_default():
+    q, k, v = make_qkv(1, 4, 2, 700, 900, 64, torch.bfloat16, sparse=True)
+    default = attention_forward(q, k, v, 1.5, True, 0.125, None)
+    tuned = attention_forward(q, k, v, 1.5, True, 0.125, None, autotune=True)
+    torch.testing.assert_close(tuned[0], default[0], rtol=0, atol=2e-2)
+    torch.testing.assert_close(tuned[1], default[1], rtol=1e-5, atol=1e-5)
+    # Tile records agree wherever a tile is clearly inside or outside the support.
+    check_tile_max(tuned[2], q, k, tuned[1], 1.5, True, 0.125, None)
+
+
+def test_autotune_excludes_an_explicit_config():
+    q, k, v = make_qkv(1, 1, 1, 8, 8, 16, torch.float32)
+    with pytest.raises(ValueError, match="either config or autotune"):
+        attention_forward(q, k, v, 1.5, True, 0.25, None, config=default_forward_config(16, torch.float32),
+                          autotune=True)

@@ -108,3 +108,12 @@ class GraphModule(torch.nn.Module):
         return (getitem_3, getitem_4, getitem_5)
 """,
         )
+
+
+def test_max_autotune_flag_comes_from_inductor_config():
+    from adasplash_compile.lowering.decomposition import max_autotune_enabled
+
+    with torch._inductor.config.patch(max_autotune=False):
+        assert not max_autotune_enabled()
+    with torch._inductor.config.patch(max_autotune=True):
+        assert max_autotune_enabled()

@@ -1,6 +1,8 @@
 """CUDA: the ops compile into Inductor's output code as our Triton kernels."""
 
+import ast
 import logging
+import re
 
 import pytest
 import torch
@@ -109,6 +111,47 @@ def test_reduce_overhead_captures_our_kernels_in_cuda_graphs(caplog):
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
     for g, e in zip(grads, expected_grads):
         torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-4)
+
+
+def _autotune_configs(code, kernel_name):
+    """The configs of the user_autotune decorator above our kernel's definition."""
+    match = re.search(rf"def {kernel_name}(_\d+)?\(", code)
+    assert match, f"{kernel_name} is not in the output code"
+    start = code.rindex("configs=", 0, match.start()) + len("configs=")
+    return ast.literal_eval(code[start : code.index("\n", start)].rstrip(","))
+
+
+def test_max_autotune_compiles_and_benchmarks_several_configs():
+    from adasplash_compile.kernels.backward import autotune_launch_options
+    from adasplash_compile.kernels.forward import autotune_forward_configs
+
+    torch._dynamo.reset()
+    q, k, v = _qkv(n=500, dtype=torch.float32, requires_grad=True)
+
+    def loss(q, k, v):
+        return adasplash(q.bfloat16(), k.bfloat16(), v.bfloat16(), is_causal=True).float().square().sum()
+
+    compiled = torch.compile(loss, mode="max-autotune", fullgraph=True)
+
+    def step():
+        value = compiled(q, k, v)
+        return value, torch.autograd.grad(value, (q, k, v))
+
+    (value, grads), codes = run_and_get_code(step)
+    code = "\n".join(codes)
+    tau_out = _autotune_configs(code, "_adasplash_fwd_tau_out")
+    assert len(tau_out) == len(autotune_forward_configs(64, torch.bfloat16)) >= 4
+    assert len({c["NBINS"] for c in tau_out}) >= 2 and len({c["num_warps"] for c in tau_out}) >= 2
+    assert len(_autotune_configs(code, "_adasplash_fwd_rowmax")) >= 2
+    for name in ("_adasplash_bwd_dq", "_adasplash_bwd_dkdv"):
+        configs = _autotune_configs(code, name)
+        assert len(configs) == len(autotune_launch_options(torch.bfloat16))
+        assert len({(c["num_warps"], c["num_stages"]) for c in configs}) == len(configs)
+    expected = loss(q, k, v)
+    expected_grads = torch.autograd.grad(expected, (q, k, v))
+    torch.testing.assert_close(value, expected, rtol=1e-3, atol=0)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=2e-2, atol=2e-2)
 
 
 def test_max_autotune_keeps_dynamic_shapes_and_cuda_graphs():

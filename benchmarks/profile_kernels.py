@@ -1,0 +1,198 @@
+"""Where our time goes: per-kernel times, tile counts and forward config sweeps, on the GPU.
+
+For each workload and N (bf16, B=1, H=16, D=128, causal, alpha=1.5), side by side in one
+process with FA2 (SDPA flash) on the same inputs:
+  fa2 fwd, fa2 fwd+bwd;
+  ours fwd (both kernels), rowmax kernel alone, fwd+bwd (op + autograd), bwd alone
+  (``attention_backward`` on the forward's tau/tile_max) and its list builders alone;
+  tiles: causal-visible 64x64 tiles, the tiles the backward lists (from tile_max and
+  tau), and the tiles of P that are really all zero (recomputed in row chunks, never
+  an N x N tensor).
+``--sweep`` also times the forward under every candidate config (kernels.forward
+``forward_configs``) at the first N of ``--sweep-n``.
+
+Prints one table per section; ``--out`` gets profile.json. Timings: do_bench medians, ms.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import workloads as wl  # noqa: E402
+
+import adasplash_compile  # noqa: E402,F401  (registers the ops)
+from adasplash_compile.kernels import backward as bwd_kernels  # noqa: E402
+from adasplash_compile.kernels import forward as fwd_kernels  # noqa: E402
+from adasplash_compile.options import TILE_M, TILE_N  # noqa: E402
+
+ALPHA = 1.5
+
+
+def fa2_fns(q, k, v, grad):
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def fwd():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def step():
+        qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            out = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True)
+        return torch.autograd.grad(out, (qq, kk, vv), grad)
+
+    return fwd, step
+
+
+def zero_tile_count(q, k, tau, scale, rows_per_chunk=1024):
+    """(all-zero causal-visible tiles, causal-visible tiles) of P, exact, from tau."""
+    b, h, n, _ = q.shape
+    zero = visible = 0
+    cols = torch.arange(n, device=q.device)
+    for start in range(0, n, rows_per_chunk):
+        stop = min(n, start + rows_per_chunk)
+        z = (ALPHA - 1.0) * scale * torch.matmul(q[:, :, start:stop].float(), k[:, :, :stop].float().transpose(-1, -2))
+        rows = torch.arange(start, stop, device=q.device)
+        seen = cols[None, :stop] <= rows[:, None]
+        nonzero = (z > tau[:, :, start:stop, None]) & seen
+        row_tiles = (stop - start) // TILE_M
+        key_tiles = triton.cdiv(stop, TILE_N)
+        pad = key_tiles * TILE_N - stop
+        nz = torch.nn.functional.pad(nonzero, (0, pad)).view(b, h, row_tiles, TILE_M, key_tiles, TILE_N)
+        vis = torch.nn.functional.pad(seen, (0, pad)).view(row_tiles, TILE_M, key_tiles, TILE_N).any(3).any(1)
+        tile_nz = nz.any(5).any(3)
+        visible += int(vis.sum()) * b * h
+        zero += int((vis & ~tile_nz).sum())
+        del z, nonzero, nz
+    return zero, visible
+
+
+def listed_tile_count(tau, tile_max, n_keys):
+    lists = bwd_kernels.active_tile_lists(tau, tile_max, tau.shape[1], n_keys, True, None)
+    return int(lists.kv_count.sum())
+
+
+def rowmax_only(q, k, row_max, bound, rel_bound, scale):
+    cfg = fwd_kernels.default_forward_config(q.shape[-1], q.dtype)
+    grid = (triton.cdiv(q.shape[2], TILE_M), q.shape[1], q.shape[0])
+    fwd_kernels._adasplash_fwd_rowmax[grid](
+        q, k, row_max, bound, rel_bound, row_max,
+        *q.stride(), *k.stride(), *row_max.stride(), *bound.stride(),
+        q.shape[2], k.shape[2], 1, (ALPHA - 1.0) * scale, bound.shape[3],
+        HEAD_DIM=q.shape[-1], HAS_SEQLENS=False, IS_CAUSAL=True, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_D=fwd_kernels._block_d(q.shape[-1]), DOT_PRECISION="tf32", USE_INT64=False,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+
+
+def bench(fn, args):
+    return do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode="median")
+
+
+def profile_case(workload, n, args):
+    q, k, v = wl.make_inputs(workload, n)
+    grad = torch.randn_like(q)
+    scale = q.shape[-1] ** -0.5
+    row = {"workload": workload, "n": n}
+    fa2_fwd, fa2_step = fa2_fns(q, k, v, grad)
+    row["fa2_fwd"] = bench(fa2_fwd, args)
+    row["fa2_fwdbwd"] = bench(fa2_step, args)
+
+    def ours_fwd():
+        return fwd_kernels.attention_forward(q, k, v, ALPHA, True, scale, None)
+
+    def ours_step():
+        qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
+        out = adasplash_compile.adasplash(qq, kk, vv, alpha=ALPHA, is_causal=True)
+        return torch.autograd.grad(out, (qq, kk, vv), grad)
+
+    _, tau, tile_max = ours_fwd()
+    scratch = (torch.empty_like(tau), torch.empty_like(tile_max), torch.empty_like(tile_max))
+    row["ours_fwd"] = bench(ours_fwd, args)
+    row["ours_rowmax"] = bench(lambda: rowmax_only(q, k, *scratch, scale), args)
+    row["ours_fwdbwd"] = bench(ours_step, args)
+    row["ours_bwd"] = bench(
+        lambda: bwd_kernels.attention_backward(grad, q, k, v, tau, tile_max, ALPHA, True, scale, None), args)
+    row["ours_bwd_lists"] = bench(
+        lambda: bwd_kernels.active_tile_lists(tau, tile_max, q.shape[1], n, True, None), args)
+    row["tiles_listed"] = listed_tile_count(tau, tile_max, n)
+    row["tiles_zero"], row["tiles_visible"] = zero_tile_count(q, k, tau, scale)
+    del q, k, v, grad, tau, tile_max
+    torch.cuda.empty_cache()
+    return row
+
+
+def sweep_configs(workload, n, args):
+    q, k, v = wl.make_inputs(workload, n)
+    scale = q.shape[-1] ** -0.5
+    rows = []
+    for config in fwd_kernels.forward_configs(q.shape[-1], q.dtype):
+        started = time.time()
+        try:
+            fwd_kernels.attention_forward(q, k, v, ALPHA, True, scale, None, config=config)
+            torch.cuda.synchronize()
+            ms = bench(lambda: fwd_kernels.attention_forward(q, k, v, ALPHA, True, scale, None, config=config), args)
+        except Exception as exc:  # noqa: BLE001 - a config that fails is reported, not fatal
+            ms = f"{type(exc).__name__}: {str(exc)[:80]}"
+        rows.append({"workload": workload, "n": n, "config": config, "ms": ms, "s": time.time() - started})
+        print(f"  sweep {workload} {n} {config} -> {ms}", flush=True)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="+", default=[8192, 32768])
+    parser.add_argument("--workloads", nargs="+", choices=wl.WORKLOADS, default=list(wl.WORKLOADS))
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--sweep-n", type=int, default=8192)
+    parser.add_argument("--sweep-workloads", nargs="+", choices=wl.WORKLOADS, default=["dense", "high"])
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--rep", type=int, default=40)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}", flush=True)
+
+    result = {"cases": [], "sweep": []}
+    for n in args.n:
+        for workload in args.workloads:
+            row = profile_case(workload, n, args)
+            result["cases"].append(row)
+            print(json.dumps(row), flush=True)
+    if args.sweep:
+        for workload in args.sweep_workloads:
+            result["sweep"] += sweep_configs(workload, args.sweep_n, args)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "profile.json").write_text(json.dumps(result, indent=1))
+
+    print("\n| workload | N | FA2 fwd / fwd+bwd | ours fwd (rowmax) | ours fwd+bwd | ours bwd (lists) "
+          "| fwd / FA2 | fwd+bwd / FA2 | tiles listed / zero / visible |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in result["cases"]:
+        print(f"| {r['workload']} | {r['n']} | {r['fa2_fwd']:.2f} / {r['fa2_fwdbwd']:.2f} "
+              f"| {r['ours_fwd']:.2f} ({r['ours_rowmax']:.2f}) | {r['ours_fwdbwd']:.2f} "
+              f"| {r['ours_bwd']:.2f} ({r['ours_bwd_lists']:.3f}) | {r['ours_fwd'] / r['fa2_fwd']:.2f} "
+              f"| {r['ours_fwdbwd'] / r['fa2_fwdbwd']:.2f} "
+              f"| {r['tiles_listed'] / r['tiles_visible']:.1%} / {r['tiles_zero'] / r['tiles_visible']:.1%} "
+              f"/ {r['tiles_visible']} |")
+    if result["sweep"]:
+        print("\n| workload | config | fwd ms |")
+        print("|---|---|---|")
+        for r in sorted(result["sweep"], key=lambda r: (r["workload"], str(r["ms"]))):
+            c = r["config"]
+            text = f"NBINS={c['NBINS']} SW={c['MAX_SWEEPS']} U={c['EDGE_UNROLL']} w={c['num_warps']} s={c['num_stages']}"
+            ms = f"{r['ms']:.2f}" if isinstance(r["ms"], float) else r["ms"]
+            print(f"| {r['workload']} | {text} | {ms} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
