@@ -9,7 +9,8 @@ process with FA2 (SDPA flash) on the same inputs:
   tau), and the tiles of P that are really all zero (recomputed in row chunks, never
   an N x N tensor).
 ``--sweep`` also times the forward under every candidate config (kernels.forward
-``forward_configs``) at the first N of ``--sweep-n``.
+``forward_configs``), ``--sweep-backward`` the backward under BACKWARD_CANDIDATES, at
+N = ``--sweep-n`` on ``--sweep-workloads``.
 
 Prints one table per section; ``--out`` gets profile.json. Timings: do_bench medians, ms.
 """
@@ -30,6 +31,7 @@ import workloads as wl  # noqa: E402
 import adasplash_compile  # noqa: E402,F401  (registers the ops)
 from adasplash_compile.kernels import backward as bwd_kernels  # noqa: E402
 from adasplash_compile.kernels import forward as fwd_kernels  # noqa: E402
+from adasplash_compile.kernels.key_summary import key_tile_summary  # noqa: E402
 from adasplash_compile.options import TILE_M, TILE_N  # noqa: E402
 
 ALPHA = 1.5
@@ -80,15 +82,19 @@ def listed_tile_count(tau, tile_max, n_keys):
     return int(lists.kv_count.sum())
 
 
-def rowmax_only(q, k, row_max, bound, rel_bound, scale):
+def rowmax_only(q, k, row_max, bound, rel_bound, tile_list, scale):
+    """The max sweep alone: key tile summary plus _adasplash_fwd_rowmax."""
     cfg = fwd_kernels.default_forward_config(q.shape[-1], q.dtype)
+    block_d = fwd_kernels._block_d(q.shape[-1])
+    centre, radius = key_tile_summary(k, q.shape[2], row_max, False, block_d, False)
     grid = (triton.cdiv(q.shape[2], TILE_M), q.shape[1], q.shape[0])
     fwd_kernels._adasplash_fwd_rowmax[grid](
-        q, k, row_max, bound, rel_bound, row_max,
-        *q.stride(), *k.stride(), *row_max.stride(), *bound.stride(),
+        q, k, centre, radius, row_max, bound, rel_bound, tile_list, row_max,
+        *q.stride(), *k.stride(), *centre.stride(), *radius.stride(), *row_max.stride(), *bound.stride(),
+        *tile_list.stride(),
         q.shape[2], k.shape[2], 1, (ALPHA - 1.0) * scale, bound.shape[3],
         HEAD_DIM=q.shape[-1], HAS_SEQLENS=False, IS_CAUSAL=True, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_D=fwd_kernels._block_d(q.shape[-1]), DOT_PRECISION="tf32", USE_INT64=False,
+        BLOCK_D=block_d, CENTRE_CHUNK=64, SCAN=128, DOT_PRECISION="tf32", USE_INT64=False,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
 
@@ -115,7 +121,8 @@ def profile_case(workload, n, args):
         return torch.autograd.grad(out, (qq, kk, vv), grad)
 
     _, tau, tile_max = ours_fwd()
-    scratch = (torch.empty_like(tau), torch.empty_like(tile_max), torch.empty_like(tile_max))
+    scratch = (torch.empty_like(tau), torch.empty_like(tile_max), torch.empty_like(tile_max),
+               torch.empty((*tile_max.shape[:3], tile_max.shape[3] + 1), dtype=torch.int32, device=q.device))
     row["ours_fwd"] = bench(ours_fwd, args)
     row["ours_rowmax"] = bench(lambda: rowmax_only(q, k, *scratch, scale), args)
     row["ours_fwdbwd"] = bench(ours_step, args)
@@ -147,11 +154,52 @@ def sweep_configs(workload, n, args):
     return rows
 
 
+BACKWARD_CANDIDATES = [
+    # (dq_block_m, dq_block_n, dq_warps, dq_stages, dkv_block_n, dkv_block_m, dkv_warps, dkv_stages)
+    (64, 64, 8, 2, 64, 64, 8, 2),
+    (64, 64, 4, 2, 64, 64, 4, 2),
+    (64, 64, 8, 3, 64, 64, 8, 3),
+    (64, 64, 4, 3, 64, 64, 4, 3),
+    (64, 64, 8, 1, 64, 64, 8, 1),
+    (128, 64, 8, 2, 128, 64, 8, 2),
+    (128, 32, 8, 2, 128, 32, 8, 2),
+    (128, 64, 8, 1, 128, 64, 8, 1),
+    (64, 32, 4, 2, 64, 32, 4, 2),
+    (32, 64, 4, 2, 32, 64, 4, 2),
+    (64, 64, 8, 2, 128, 64, 8, 2),
+    (128, 64, 8, 2, 64, 64, 8, 2),
+]
+
+
+def sweep_backward(workload, n, args):
+    q, k, v = wl.make_inputs(workload, n)
+    grad = torch.randn_like(q)
+    scale = q.shape[-1] ** -0.5
+    _, tau, tile_max = fwd_kernels.attention_forward(q, k, v, ALPHA, True, scale, None)
+    rows = []
+    for values in BACKWARD_CANDIDATES:
+        config = bwd_kernels.BackwardConfig(*values)
+        started = time.time()
+        try:
+            ms = bench(lambda: bwd_kernels.attention_backward(grad, q, k, v, tau, tile_max, ALPHA, True, scale, None,
+                                                              config=config), args)
+        except Exception as exc:  # noqa: BLE001 - a config that fails is reported, not fatal
+            ms = f"{type(exc).__name__}: {str(exc)[:80]}"
+        rows.append({"workload": workload, "n": n, "config": list(values), "ms": ms, "s": time.time() - started})
+        print(f"  sweep-bwd {workload} {n} {values} -> {ms}", flush=True)
+    return rows
+
+
+def _sort_key(row):
+    return row["workload"], row["ms"] if isinstance(row["ms"], float) else float("inf")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[8192, 32768])
     parser.add_argument("--workloads", nargs="+", choices=wl.WORKLOADS, default=list(wl.WORKLOADS))
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--sweep-backward", action="store_true")
     parser.add_argument("--sweep-n", type=int, default=8192)
     parser.add_argument("--sweep-workloads", nargs="+", choices=wl.WORKLOADS, default=["dense", "high"])
     parser.add_argument("--warmup", type=int, default=10)
@@ -160,7 +208,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}", flush=True)
 
-    result = {"cases": [], "sweep": []}
+    result = {"cases": [], "sweep": [], "sweep_backward": []}
     for n in args.n:
         for workload in args.workloads:
             row = profile_case(workload, n, args)
@@ -169,6 +217,9 @@ def main(argv=None):
     if args.sweep:
         for workload in args.sweep_workloads:
             result["sweep"] += sweep_configs(workload, args.sweep_n, args)
+    if args.sweep_backward:
+        for workload in args.sweep_workloads:
+            result["sweep_backward"] += sweep_backward(workload, args.sweep_n, args)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "profile.json").write_text(json.dumps(result, indent=1))
@@ -186,11 +237,17 @@ def main(argv=None):
     if result["sweep"]:
         print("\n| workload | config | fwd ms |")
         print("|---|---|---|")
-        for r in sorted(result["sweep"], key=lambda r: (r["workload"], str(r["ms"]))):
+        for r in sorted(result["sweep"], key=_sort_key):
             c = r["config"]
             text = f"NBINS={c['NBINS']} SW={c['MAX_SWEEPS']} U={c['EDGE_UNROLL']} w={c['num_warps']} s={c['num_stages']}"
             ms = f"{r['ms']:.2f}" if isinstance(r["ms"], float) else r["ms"]
             print(f"| {r['workload']} | {text} | {ms} |")
+    if result["sweep_backward"]:
+        print("\n| workload | backward config | bwd ms |")
+        print("|---|---|---|")
+        for r in sorted(result["sweep_backward"], key=_sort_key):
+            ms = f"{r['ms']:.2f}" if isinstance(r["ms"], float) else r["ms"]
+            print(f"| {r['workload']} | {tuple(r['config'])} | {ms} |")
     return 0
 
 

@@ -132,11 +132,12 @@ def backward_config(head_dim: int, dtype: torch.dtype, device_type: str = "cuda"
     CPU tensors run under Triton's interpreter, whose cost is per program and per op, not
     per register: there the largest blocks (64 x 64) are fastest.
 
-    Chosen by compiling for sm_90a offline (ptxas -v), not yet timed on a GPU. bf16 and
-    fp16 stay within 255 registers per thread without spills and far below the 227 KB
-    of shared memory per block: at D <= 128 both kernels take 64 x 64 blocks; above,
-    64 resident rows (dQ) or keys (dK/dV) spill (their fp32 accumulators alone take
-    128 registers per thread at 8 warps), so the resident blocks drop to 32.
+    bf16 and fp16 at D <= 128: 64 x 64 blocks, 4 warps, 2 stages, the fastest of 12
+    configs timed on the H100 (benchmarks/profile_kernels.py --sweep-backward, bf16,
+    D = 128, N = 32768: 2.93 ms against 5.81 ms with 8 warps on `high`, 12.96 against
+    27.33 ms on `mid`). Above D = 128 (compiled for sm_90a offline, ptxas -v, not timed):
+    64 resident rows (dQ) or keys (dK/dV) spill (their fp32 accumulators alone take 128
+    registers per thread at 8 warps), so the resident blocks drop to 32.
     fp32 doubles every operand tile and tf32x3 splits each into two parts: the least
     spilling configs are far smaller, and at D > 128 all of them spill.
     """
@@ -148,10 +149,8 @@ def backward_config(head_dim: int, dtype: torch.dtype, device_type: str = "cuda"
         if head_dim <= 128:
             return BackwardConfig(32, 64, 8, 1, 32, 64, 8, 1)
         return BackwardConfig(16, 32, 4, 1, 16, 32, 4, 1)
-    if head_dim <= 64:
-        return BackwardConfig(64, 64, 4, 2, 64, 64, 4, 2)
     if head_dim <= 128:
-        return BackwardConfig(64, 64, 8, 2, 64, 64, 8, 2)
+        return BackwardConfig(64, 64, 4, 2, 64, 64, 4, 2)
     return BackwardConfig(32, 64, 8, 1, 32, 64, 8, 1)
 
 

@@ -71,6 +71,7 @@ import triton
 import triton.language as tl
 
 from adasplash_compile.kernels.autotuning import autotuned, launch_options
+from adasplash_compile.kernels.key_summary import key_tile_summary
 from adasplash_compile.kernels.masking import valid_lengths, visible_key_end, visible_tile
 from adasplash_compile.kernels.tau import (
     TAU_TOL,
@@ -89,6 +90,9 @@ from adasplash_compile.options import TILE_M, TILE_N, tile_grid
 
 # Tile bounds read per vector load when listing a sweep's active tiles.
 _TILE_SCAN = 128
+
+# Key tiles bounded per (64 x D) x (D x CENTRE_CHUNK) product in the max sweep.
+_CENTRE_CHUNK = 64
 
 # Configs max-autotune compiles and benchmarks (each costs a compilation on first use).
 _AUTOTUNE_CANDIDATES = 8
@@ -141,7 +145,7 @@ def forward_configs(head_dim: int, dtype: torch.dtype) -> list:
     # 4 edges, unrolled, 4 warps, 2 stages was the fastest forward on dense and sparse
     # scores alike, 26-28% below 8 edges rolled.
     for stages in (2, 3, 1) if block_d <= 64 else (2, 1):
-        for nbins, sweeps in ((4, 5), (8, 4), (16, 3)):
+        for nbins, sweeps in ((4, 5), (8, 4), (16, 3), (2, 8)):
             for num_warps in (warps, 2 * warps if warps == 4 else 4):
                 for unroll in (nbins, 1) if nbins <= 4 else (1, nbins):
                     candidates.append(
@@ -236,19 +240,24 @@ def record_tile_bounds(q, k_base, bound_row, rel_row, m_i, tile_n, offs_m, offs_
 
 @triton.jit
 def _adasplash_fwd_rowmax(
-    q_ptr, k_ptr, m_ptr, bound_ptr, rel_bound_ptr, seqlens_ptr,
+    q_ptr, k_ptr, centre_ptr, radius_ptr, m_ptr, bound_ptr, rel_bound_ptr, tile_list_ptr, seqlens_ptr,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
+    stride_cz, stride_ch, stride_cn, stride_cd,
+    stride_rz, stride_rh, stride_rn,
     stride_mz, stride_mh, stride_mm,
     stride_tz, stride_th, stride_tm, stride_tn,
+    stride_lz, stride_lh, stride_lm, stride_ln,
     M, N, GROUP, qk_scale, n_tile_cols,
     HEAD_DIM: tl.constexpr, HAS_SEQLENS: tl.constexpr, IS_CAUSAL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CENTRE_CHUNK: tl.constexpr,
+    SCAN: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
 ):
-    """Dense sweep: row max m (into m_ptr) and both bounds of all n_tile_cols tiles of the row block.
+    """Max sweep: row max m (into m_ptr) and both bounds of all n_tile_cols tiles of the row block.
 
-    bound_ptr / rel_bound_ptr share their shape and strides (stride_t*).
+    centre_ptr / radius_ptr: kernels/key_summary.py. bound_ptr / rel_bound_ptr share
+    their shape and strides (stride_t*); tile_list_ptr is the int32 scratch of
+    ``list_active_tiles`` (strides stride_l*).
     """
     # Inductor passes Python floats to user kernels as fp64; keep the math in fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
@@ -271,24 +280,60 @@ def _adasplash_fwd_rowmax(
     tile_offset = off_z * stride_tz + off_h * stride_th + tl.program_id(0) * stride_tm
     bound_row = bound_ptr + tile_offset
     rel_row = rel_bound_ptr + tile_offset
+    list_ptr = tile_list_ptr + off_z * stride_lz + off_h * stride_lh + tl.program_id(0) * stride_lm
 
     valid_q, valid_k = valid_lengths(seqlens_ptr, off_z, M, N, HAS_SEQLENS)
     key_end = visible_key_end(start_m + BLOCK_M, M, N, valid_k, IS_CAUSAL)
     key_end = tl.where(start_m < valid_q, key_end, 0)
     n_tiles = tl.cdiv(key_end, BLOCK_N)
-    # Start at the block's diagonal tile (the last visible one when causal), then wrap
-    # around: where attention is local, the row max sits near the diagonal, so the
-    # running max is close to final from the first step and the relative bounds are
-    # tight. Two loops rather than one index taken modulo n_tiles: the mutation
-    # analysis (see list_active_tiles) would follow a store address computed from
-    # n_tiles back to seqlens_ptr, but not a loop's bounds.
+    # Keys each row sees: [0, visible_key_end(row + 1)) for rows below valid_q.
+    n_i = tl.where(offs_m < valid_q, visible_key_end(offs_m + 1, M, N, valid_k, IS_CAUSAL), 0)
+
+    # 1. The block's diagonal tile (the last visible one when causal) first: where
+    #    attention is local, the row max sits there, so this running max is near final.
+    #    (A loop of at most one step: its bounds, unlike an address computed from
+    #    n_tiles, keep the mutation analysis away from seqlens_ptr; see list_active_tiles.)
     diagonal = tl.minimum(tl.maximum(start_m + (N - M), 0) // BLOCK_N, tl.maximum(n_tiles - 1, 0))
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    for tile_n in range(diagonal, n_tiles):
+    for tile_n in range(diagonal, tl.minimum(diagonal + 1, n_tiles)):
         m_i = record_tile_bounds(q, k_base, bound_row, rel_row, m_i, tile_n, offs_m, offs_n, offs_d, M, N, valid_q,
                                  valid_k, qk_scale, stride_kn, stride_kd, stride_tn, HEAD_DIM, IS_CAUSAL, BLOCK_N,
                                  DOT_PRECISION, USE_INT64)
-    for tile_n in range(0, diagonal):
+
+    # 2. Centre bounds (kernels/key_summary.py) for every other tile, CENTRE_CHUNK tiles
+    #    per product: z_ij <= qk_scale (q_i.c_J + |q_i| r_J). The slack term covers the
+    #    float32 rounding of both dot products (relative 1e-4, far above it).
+    q_f32 = q.to(tl.float32)
+    q_norm = tl.sqrt(tl.sum(q_f32 * q_f32, 1))
+    c_base = centre_ptr + off_z * stride_cz + off_kh * stride_ch
+    r_base = radius_ptr + off_z * stride_rz + off_kh * stride_rh
+    offs_c = tl.arange(0, CENTRE_CHUNK)
+    for chunk in range(0, n_tiles, CENTRE_CHUNK):
+        tiles = chunk + offs_c
+        inside = tiles < n_tiles
+        centres = tl.load(c_base + tiles[:, None] * stride_cn + offs_d[None, :] * stride_cd,
+                          mask=inside[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        radius = tl.load(r_base + tiles * stride_rn, mask=inside, other=0.0)
+        centre_f32 = centres.to(tl.float32)
+        centre_norm = tl.sqrt(tl.sum(centre_f32 * centre_f32, 1))
+        dots = tl.dot(q, tl.trans(centres), input_precision=DOT_PRECISION)
+        slack = radius * 1.0001 + 1e-4 * centre_norm
+        upper = qk_scale * (dots + q_norm[:, None] * slack[None, :])
+        # Only (row, tile) pairs where the row sees a key of the tile.
+        upper = tl.where(tiles[None, :] * BLOCK_N < n_i[:, None], upper, float("-inf"))
+        # Rows whose max is still -inf (they miss the diagonal tile) give +inf: listed.
+        rel = tl.where(upper > float("-inf"), upper - m_i[:, None], float("-inf"))
+        keep = inside & (tiles != diagonal)
+        tl.store(bound_row + tiles * stride_tn, tl.max(upper, 0), mask=keep)
+        tl.store(rel_row + tiles * stride_tn, tl.max(rel, 0), mask=keep)
+
+    # 3. Exact scores only for the tiles whose bound reaches within 1 of the running
+    #    max: the others hold no nonzero of P (tau >= m - 1) and not the row max, and
+    #    keep their centre bounds, which stay valid as the running max only grows.
+    n_listed = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles,
+                                 tl.full([], float("-inf"), tl.float32), tl.full([], -1.0, tl.float32), SCAN)
+    for i in range(0, n_listed):
+        tile_n = tl.load(list_ptr + (i + 2) * stride_ln)
         m_i = record_tile_bounds(q, k_base, bound_row, rel_row, m_i, tile_n, offs_m, offs_n, offs_d, M, N, valid_q,
                                  valid_k, qk_scale, stride_kn, stride_kd, stride_tn, HEAD_DIM, IS_CAUSAL, BLOCK_N,
                                  DOT_PRECISION, USE_INT64)
@@ -559,11 +604,14 @@ def attention_forward(
         rowmax_kernel, tau_out_kernel = _adasplash_fwd_rowmax, _adasplash_fwd_tau_out
         rowmax_tuning = launch_options(cfg)
         tau_out_tuning = _histogram_config(cfg)
+    centre, radius = key_tile_summary(key, n_queries, seqlens_arg, has_seqlens, common["BLOCK_D"], bool(use_int64),
+                                      wrap=wrap)
     launch(rowmax_kernel)[grid](
-        query, key, row_max, bound, rel_bound, seqlens_arg,
-        *query.stride(), *key.stride(), *row_max.stride(), *bound.stride(),
+        query, key, centre, radius, row_max, bound, rel_bound, tile_list, seqlens_arg,
+        *query.stride(), *key.stride(), *centre.stride(), *radius.stride(), *row_max.stride(), *bound.stride(),
+        *tile_list.stride(),
         n_queries, n_keys, group, qk_scale, tile_max.shape[3],
-        **common, **rowmax_tuning,
+        CENTRE_CHUNK=_CENTRE_CHUNK, SCAN=_TILE_SCAN, **common, **rowmax_tuning,
     )
     launch(tau_out_kernel)[grid](
         query, key, value, out, row_max, tau, bound, rel_bound, tile_max, tile_list, seqlens_arg,

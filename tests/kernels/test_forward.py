@@ -165,7 +165,8 @@ def test_mutation_analysis_reports_only_outputs():
         "attention_forward(q, k, k.clone(), 1.5, True, 0.125, torch.tensor([100]), wrap=Capture)\n"
     )
     assert writes == {
-        "_adasplash_fwd_rowmax": ["bound_ptr", "m_ptr", "rel_bound_ptr"],
+        "_key_tile_summary": ["centre_ptr", "radius_ptr"],
+        "_adasplash_fwd_rowmax": ["bound_ptr", "m_ptr", "rel_bound_ptr", "tile_list_ptr"],
         "_adasplash_fwd_tau_out": ["out_ptr", "tau_ptr", "tile_list_ptr", "tile_max_ptr"],
     }
 
@@ -316,7 +317,7 @@ def test_wrap_is_applied_to_every_launch():
         return kernel
 
     out, _, _ = attention_forward(q, k, v, 1.5, False, 0.5, None, wrap=wrap)
-    assert len(wrapped) == 2
+    assert len(wrapped) == 3  # key summary, max sweep, thresholds and output
     traceable = attention_forward(q, k, v, 1.5, False, 0.5, None, wrap=torch.library.wrap_triton)[0]
     torch.testing.assert_close(out, traceable, atol=0, rtol=0)
 
