@@ -3,7 +3,7 @@
 For each workload and N (bf16, B=1, H=16, D=128, causal, alpha=1.5), side by side in one
 process with FA2 (SDPA flash) on the same inputs:
   fa2 fwd, fa2 fwd+bwd;
-  ours fwd (both kernels), rowmax kernel alone, fwd+bwd (op + autograd), bwd alone
+  ours fwd (all kernels), the max sweep alone (kernels.forward.max_sweep), fwd+bwd (op + autograd), bwd alone
   (``attention_backward`` on the forward's tau/tile_max) and its list builders alone;
   tiles: causal-visible 64x64 tiles, the tiles the backward lists (from tile_max and
   tau), and the tiles of P that are really all zero (recomputed in row chunks, never
@@ -31,7 +31,6 @@ import workloads as wl  # noqa: E402
 import adasplash_compile  # noqa: E402,F401  (registers the ops)
 from adasplash_compile.kernels import backward as bwd_kernels  # noqa: E402
 from adasplash_compile.kernels import forward as fwd_kernels  # noqa: E402
-from adasplash_compile.kernels.key_summary import key_tile_summary  # noqa: E402
 from adasplash_compile.options import TILE_M, TILE_N  # noqa: E402
 
 ALPHA = 1.5
@@ -82,23 +81,6 @@ def listed_tile_count(tau, tile_max, n_keys):
     return int(lists.kv_count.sum())
 
 
-def rowmax_only(q, k, row_max, bound, rel_bound, tile_list, scale):
-    """The max sweep alone: key tile summary plus _adasplash_fwd_rowmax."""
-    cfg = fwd_kernels.default_forward_config(q.shape[-1], q.dtype)
-    block_d = fwd_kernels._block_d(q.shape[-1])
-    centre, radius = key_tile_summary(k, q.shape[2], row_max, False, block_d, False)
-    grid = (triton.cdiv(q.shape[2], TILE_M), q.shape[1], q.shape[0])
-    fwd_kernels._adasplash_fwd_rowmax[grid](
-        q, k, centre, radius, row_max, bound, rel_bound, tile_list, row_max,
-        *q.stride(), *k.stride(), *centre.stride(), *radius.stride(), *row_max.stride(), *bound.stride(),
-        *tile_list.stride(),
-        q.shape[2], k.shape[2], 1, (ALPHA - 1.0) * scale, bound.shape[3],
-        HEAD_DIM=q.shape[-1], HAS_SEQLENS=False, IS_CAUSAL=True, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_D=block_d, CENTRE_CHUNK=64, SCAN=128, DOT_PRECISION="tf32", USE_INT64=False,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
-
-
 def bench(fn, args):
     return do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode="median")
 
@@ -121,10 +103,8 @@ def profile_case(workload, n, args):
         return torch.autograd.grad(out, (qq, kk, vv), grad)
 
     _, tau, tile_max = ours_fwd()
-    scratch = (torch.empty_like(tau), torch.empty_like(tile_max), torch.empty_like(tile_max),
-               torch.empty((*tile_max.shape[:3], tile_max.shape[3] + 1), dtype=torch.int32, device=q.device))
     row["ours_fwd"] = bench(ours_fwd, args)
-    row["ours_rowmax"] = bench(lambda: rowmax_only(q, k, *scratch, scale), args)
+    row["ours_rowmax"] = bench(lambda: fwd_kernels.max_sweep(q, k, ALPHA, True, scale), args)
     row["ours_fwdbwd"] = bench(ours_step, args)
     row["ours_bwd"] = bench(
         lambda: bwd_kernels.attention_backward(grad, q, k, v, tau, tile_max, ALPHA, True, scale, None), args)

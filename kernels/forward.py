@@ -94,6 +94,13 @@ _TILE_SCAN = 128
 # Key tiles bounded per (64 x D) x (D x CENTRE_CHUNK) product in the max sweep.
 _CENTRE_CHUNK = 64
 
+# The max sweep's threshold floor (threshold_floor): sweeps and edges over its two
+# tiles, and the margin (shifted units, |tau'| <= 1) subtracted for float32 rounding.
+FLOOR_SWEEPS: tl.constexpr = tl.constexpr(2)
+FLOOR_NBINS: tl.constexpr = tl.constexpr(4)
+FLOOR_SLACK: tl.constexpr = tl.constexpr(1e-5)
+FLOOR_TAU_TOL: tl.constexpr = tl.constexpr(TAU_TOL)
+
 # Configs max-autotune compiles and benchmarks (each costs a compilation on first use).
 _AUTOTUNE_CANDIDATES = 8
 
@@ -222,25 +229,50 @@ def score_tile(q, k_ptr, start_n, offs_m, offs_n_base, offs_d, M, N, valid_q, va
 
 
 @triton.jit
-def record_tile_bounds(q, k_base, bound_row, rel_row, m_i, tile_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
-                       qk_scale, stride_kn, stride_kd, stride_tn, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                       BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr):
-    """Store key tile tile_n's bound and relative bound; return the updated running row max."""
-    z = score_tile(q, k_base, tile_n * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
-                   stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+def store_tile_bounds(bound_row, rel_row, tile_n, stride_tn, z, m_i, floor_i):
+    """Store a computed tile's bound and relative bound, or -inf twice if no entry of the
+    tile exceeds its row's floor (then the tile holds no nonzero of P and not the max)."""
     row_max = tl.max(z, 1)
-    m_i = tl.maximum(m_i, row_max)
     # The running max never exceeds the final one, so row_max - m_i bounds the tile's
     # shifted scores z - m from above; -inf where the row sees none of the tile.
     rel = tl.where(row_max > float("-inf"), row_max - m_i, float("-inf"))
-    tl.store(bound_row + tile_n * stride_tn, tl.max(row_max, 0))
-    tl.store(rel_row + tile_n * stride_tn, tl.max(rel, 0))
-    return m_i
+    relevant = tl.max((row_max > floor_i).to(tl.int32), 0) > 0
+    tl.store(bound_row + tile_n * stride_tn, tl.where(relevant, tl.max(row_max, 0), float("-inf")))
+    tl.store(rel_row + tile_n * stride_tn, tl.where(relevant, tl.max(rel, 0), float("-inf")))
+
+
+@triton.jit
+def threshold_floor(z_a, z_b, alpha, inv, ALPHA_MODE: tl.constexpr):
+    """A lower bound on each row's threshold from two of its score tiles (-inf for a row
+    without entries there), and the rows' max over them.
+
+    The threshold of a subset of a row's entries is at most the row's threshold (its
+    objective sum_j [z_j - t]_+^INV - 1 is pointwise smaller), and the lower end of a
+    bracket on the subset's threshold is at most that: so FLOOR_SWEEPS sweeps over the
+    two tiles, held in registers, bound tau from below whatever else the row holds.
+    """
+    m_s = tl.maximum(tl.max(z_a, 1), tl.max(z_b, 1))
+    n_s = tl.sum((z_a > float("-inf")).to(tl.int32), 1) + tl.sum((z_b > float("-inf")).to(tl.int32), 1)
+    m_shift = tl.where(m_s > float("-inf"), m_s, 0.0)
+    lo, hi, tau_s, active = tau_init(m_s, n_s, alpha, ALPHA_MODE)
+    for _ in tl.static_range(FLOOR_SWEEPS):
+        stat_f = tl.zeros([z_a.shape[0], FLOOR_NBINS], tl.float32)
+        stat_g = tl.zeros([z_a.shape[0], FLOOR_NBINS], tl.float32)
+        stat_c = tl.zeros([z_a.shape[0], FLOOR_NBINS], tl.int32)
+        stat_f, stat_g, stat_c = tau_accumulate(z_a - m_shift[:, None], lo, hi, stat_f, stat_g, stat_c, inv,
+                                                FLOOR_NBINS, ALPHA_MODE, FLOOR_NBINS)
+        stat_f, stat_g, stat_c = tau_accumulate(z_b - m_shift[:, None], lo, hi, stat_f, stat_g, stat_c, inv,
+                                                FLOOR_NBINS, ALPHA_MODE, FLOOR_NBINS)
+        lo, hi, tau_s, active = tau_update(lo, hi, tau_s, active, stat_f, stat_g, stat_c, inv, FLOOR_NBINS,
+                                           ALPHA_MODE, FLOOR_TAU_TOL)
+    # FLOOR_SLACK absorbs float32 rounding of the bracket arithmetic.
+    floor = tl.where((m_s > float("-inf")) & (n_s > 0), m_s + lo - FLOOR_SLACK, float("-inf"))
+    return floor, m_s
 
 
 @triton.jit
 def _adasplash_fwd_rowmax(
-    q_ptr, k_ptr, centre_ptr, radius_ptr, m_ptr, bound_ptr, rel_bound_ptr, tile_list_ptr, seqlens_ptr,
+    q_ptr, k_ptr, centre_ptr, radius_ptr, m_ptr, floor_ptr, bound_ptr, rel_bound_ptr, tile_list_ptr, seqlens_ptr,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_cz, stride_ch, stride_cn, stride_cd,
@@ -248,12 +280,13 @@ def _adasplash_fwd_rowmax(
     stride_mz, stride_mh, stride_mm,
     stride_tz, stride_th, stride_tm, stride_tn,
     stride_lz, stride_lh, stride_lm, stride_ln,
-    M, N, GROUP, qk_scale, n_tile_cols,
-    HEAD_DIM: tl.constexpr, HAS_SEQLENS: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    M, N, GROUP, qk_scale, alpha, inv, n_tile_cols,
+    HEAD_DIM: tl.constexpr, HAS_SEQLENS: tl.constexpr, IS_CAUSAL: tl.constexpr, ALPHA_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CENTRE_CHUNK: tl.constexpr,
     SCAN: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
 ):
-    """Max sweep: row max m (into m_ptr) and both bounds of all n_tile_cols tiles of the row block.
+    """Max sweep: row max m and threshold floor (m_ptr, floor_ptr: same strides) and both
+    bounds of all n_tile_cols tiles of the row block.
 
     centre_ptr / radius_ptr: kernels/key_summary.py. bound_ptr / rel_bound_ptr share
     their shape and strides (stride_t*); tile_list_ptr is the int32 scratch of
@@ -261,6 +294,8 @@ def _adasplash_fwd_rowmax(
     """
     # Inductor passes Python floats to user kernels as fp64; keep the math in fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
+    alpha = tl.cast(alpha, tl.float32)
+    inv = tl.cast(inv, tl.float32)
     tl.static_assert(BLOCK_M == 64, "BLOCK_M must equal TILE_M: one program row block = one tile row")
     tl.static_assert(BLOCK_N == 64, "BLOCK_N must equal TILE_N: one key step = one tile")
     start_m = tl.program_id(0) * BLOCK_M
@@ -289,16 +324,28 @@ def _adasplash_fwd_rowmax(
     # Keys each row sees: [0, visible_key_end(row + 1)) for rows below valid_q.
     n_i = tl.where(offs_m < valid_q, visible_key_end(offs_m + 1, M, N, valid_k, IS_CAUSAL), 0)
 
-    # 1. The block's diagonal tile (the last visible one when causal) first: where
-    #    attention is local, the row max sits there, so this running max is near final.
-    #    (A loop of at most one step: its bounds, unlike an address computed from
-    #    n_tiles, keep the mutation analysis away from seqlens_ptr; see list_active_tiles.)
+    # 1. The block's diagonal tile (the last visible one when causal) and the tile before
+    #    it first: where attention is local, the row max sits there, and so does most of
+    #    the row's mass, so their threshold floor (threshold_floor) is near the row's
+    #    threshold. floor = max(m - 1, that floor) <= tau: entries at or below it are
+    #    zeros of P. (A loop of at most one step: its bounds, unlike an address computed
+    #    from n_tiles, keep the mutation analysis away from seqlens_ptr; see
+    #    list_active_tiles.)
     diagonal = tl.minimum(tl.maximum(start_m + (N - M), 0) // BLOCK_N, tl.maximum(n_tiles - 1, 0))
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    floor_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     for tile_n in range(diagonal, tl.minimum(diagonal + 1, n_tiles)):
-        m_i = record_tile_bounds(q, k_base, bound_row, rel_row, m_i, tile_n, offs_m, offs_n, offs_d, M, N, valid_q,
-                                 valid_k, qk_scale, stride_kn, stride_kd, stride_tn, HEAD_DIM, IS_CAUSAL, BLOCK_N,
-                                 DOT_PRECISION, USE_INT64)
+        z_diag = score_tile(q, k_base, tile_n * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
+                            stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+        before = tl.maximum(tile_n - 1, 0)
+        z_before = score_tile(q, k_base, before * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
+                              qk_scale, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+        z_before = tl.where(tile_n > 0, z_before, float("-inf"))
+        floor_i, m_i = threshold_floor(z_diag, z_before, alpha, inv, ALPHA_MODE)
+        floor_i = tl.maximum(floor_i, m_i - 1.0)
+        store_tile_bounds(bound_row, rel_row, tile_n, stride_tn, z_diag, m_i, floor_i)
+        if tile_n > 0:
+            store_tile_bounds(bound_row, rel_row, before, stride_tn, z_before, m_i, floor_i)
 
     # 2. Centre bounds (kernels/key_summary.py) for every other tile, CENTRE_CHUNK tiles
     #    per product: z_ij <= qk_scale (q_i.c_J + |q_i| r_J). The slack term covers the
@@ -321,28 +368,31 @@ def _adasplash_fwd_rowmax(
         upper = qk_scale * (dots + q_norm[:, None] * slack[None, :])
         # Only (row, tile) pairs where the row sees a key of the tile.
         upper = tl.where(tiles[None, :] * BLOCK_N < n_i[:, None], upper, float("-inf"))
-        # Rows whose max is still -inf (they miss the diagonal tile) give +inf: listed.
+        # Rows whose max is still -inf (they see neither tile of step 1) give +inf: listed.
         rel = tl.where(upper > float("-inf"), upper - m_i[:, None], float("-inf"))
-        keep = inside & (tiles != diagonal)
-        tl.store(bound_row + tiles * stride_tn, tl.max(upper, 0), mask=keep)
-        tl.store(rel_row + tiles * stride_tn, tl.max(rel, 0), mask=keep)
+        relevant = tl.max((upper > floor_i[:, None]).to(tl.int32), 0) > 0
+        keep = inside & (tiles != diagonal) & (tiles != diagonal - 1)
+        tl.store(bound_row + tiles * stride_tn, tl.where(relevant, tl.max(upper, 0), float("-inf")), mask=keep)
+        tl.store(rel_row + tiles * stride_tn, tl.where(relevant, tl.max(rel, 0), float("-inf")), mask=keep)
 
-    # 3. Exact scores only for the tiles whose bound reaches within 1 of the running
-    #    max: the others hold no nonzero of P (tau >= m - 1) and not the row max, and
-    #    keep their centre bounds, which stay valid as the running max only grows.
+    # 3. Exact scores only for the tiles whose bound exceeds some row's floor (floor >=
+    #    m - 1 makes their relative bound > -1); the others keep -inf (no nonzero of P,
+    #    not the max). Step 1's tiles are listed again, so their max enters m_i here.
     n_listed = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles,
                                  tl.full([], float("-inf"), tl.float32), tl.full([], -1.0, tl.float32), SCAN)
     for i in range(0, n_listed):
         tile_n = tl.load(list_ptr + (i + 2) * stride_ln)
-        m_i = record_tile_bounds(q, k_base, bound_row, rel_row, m_i, tile_n, offs_m, offs_n, offs_d, M, N, valid_q,
-                                 valid_k, qk_scale, stride_kn, stride_kd, stride_tn, HEAD_DIM, IS_CAUSAL, BLOCK_N,
-                                 DOT_PRECISION, USE_INT64)
+        z = score_tile(q, k_base, tile_n * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
+                       stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+        m_i = tl.maximum(m_i, tl.max(z, 1))
+        store_tile_bounds(bound_row, rel_row, tile_n, stride_tn, z, m_i, floor_i)
     # Tiles past the last visible key, padding included, hold no visible entry.
     for tile_n in range(n_tiles, n_tile_cols):
         tl.store(bound_row + tile_n * stride_tn, float("-inf"))
         tl.store(rel_row + tile_n * stride_tn, float("-inf"))
-    m_ptrs = m_ptr + off_z * stride_mz + off_h * stride_mh + rows_m * stride_mm
-    tl.store(m_ptrs, m_i, mask=offs_m < M)
+    row_offset = off_z * stride_mz + off_h * stride_mh + rows_m * stride_mm
+    tl.store(m_ptr + row_offset, m_i, mask=offs_m < M)
+    tl.store(floor_ptr + row_offset, floor_i, mask=offs_m < M)
 
 
 @triton.jit
@@ -389,7 +439,7 @@ def list_active_tiles(bound_ptr, rel_bound_ptr, stride_tn, list_ptr, stride_ln, 
 
 @triton.jit
 def _adasplash_fwd_tau_out(
-    q_ptr, k_ptr, v_ptr, out_ptr, m_ptr, tau_ptr, bound_ptr, rel_bound_ptr, tile_max_ptr, tile_list_ptr,
+    q_ptr, k_ptr, v_ptr, out_ptr, m_ptr, floor_ptr, tau_ptr, bound_ptr, rel_bound_ptr, tile_max_ptr, tile_list_ptr,
     seqlens_ptr,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
@@ -407,7 +457,7 @@ def _adasplash_fwd_tau_out(
 ):
     """Threshold sweeps and the output pass for one row block.
 
-    m_ptr and tau_ptr share their shape and strides (stride_tau*); so do bound_ptr,
+    m_ptr, floor_ptr and tau_ptr share their shape and strides (stride_tau*); so do bound_ptr,
     rel_bound_ptr and tile_max_ptr (stride_t*). tile_max_ptr must hold -inf on entry:
     only the tiles holding a nonzero of P are written. tile_list_ptr: int32 scratch
     (strides stride_l*), per program a row holding two thresholds and the listed tile
@@ -459,6 +509,9 @@ def _adasplash_fwd_tau_out(
 
     # ---- threshold sweeps (kernels/tau.py); tau_i is the shifted threshold tau'
     lo, hi, tau_i, active = tau_init(m_i, n_i, alpha, ALPHA_MODE)
+    # The max sweep's floor <= tau raises the bracket's lower end above m - 1.
+    floor_i = tl.load(floor_ptr + row_offset, mask=offs_m < M, other=float("-inf"))
+    lo = tl.where(active, tl.minimum(tl.maximum(lo, floor_i - m_shift), hi), lo)
     sweep = 0
     n_active = tl.sum(active.to(tl.int32), 0)
     while (sweep < MAX_SWEEPS) & (n_active > 0):
@@ -548,6 +601,18 @@ def attention_forward(
     (``default_forward_config``); ``autotune`` chooses among ``autotune_forward_configs``
     instead (kernels/autotuning.py).
     """
+    buffers = _launch(query, key, value, alpha, is_causal, scale, seqlens, wrap, config, autotune, with_output=True)
+    return buffers["out"], buffers["tau"], buffers["tile_max"]
+
+
+def max_sweep(query, key, alpha, is_causal, scale, seqlens=None, *, config=None) -> dict:
+    """Kernel 1 alone, for tests and profiling: {"row_max", "floor", "bound", "rel_bound"}
+    (bound and rel_bound shaped like tile_max; their padding row is never written)."""
+    buffers = _launch(query, key, key, alpha, is_causal, scale, seqlens, None, config, False, with_output=False)
+    return {name: buffers[name] for name in ("row_max", "floor", "bound", "rel_bound")}
+
+
+def _launch(query, key, value, alpha, is_causal, scale, seqlens, wrap, config, autotune, with_output):
     if autotune and config is not None:
         raise ValueError("attention_forward: pass either config or autotune=True, not both")
     launch = wrap or _identity
@@ -558,8 +623,17 @@ def attention_forward(
     tiles = (batch, q_heads, *tile_grid(n_queries, n_keys))
     # The output pass writes only the tiles holding a nonzero of P.
     tile_max = torch.full(tiles, float("-inf"), dtype=torch.float32, device=query.device)
+    # Scratch, never read by the caller: the row max and threshold floor, the tile
+    # bounds (same strides as tile_max), and the per-program lists of active tiles: a
+    # row holds two thresholds and up to cdiv(N, 64) tile indices; padded like
+    # tile_max, so no dimension is 1.
+    buffers = dict(
+        out=out, tau=tau, tile_max=tile_max, row_max=torch.empty_like(tau), floor=torch.empty_like(tau),
+        bound=torch.empty(tiles, dtype=torch.float32, device=query.device),
+        rel_bound=torch.empty(tiles, dtype=torch.float32, device=query.device),
+    )
     if batch == 0 or q_heads == 0 or n_queries == 0:
-        return out, tau, tile_max
+        return buffers
 
     cfg = dict(config) if config is not None else default_forward_config(head_dim, query.dtype)
     # USE_INT64 may be forced (tests run the int64 path on small tensors).
@@ -581,17 +655,12 @@ def attention_forward(
         # tf32 is not accurate enough for the 1e-4 fp32 bar; ignored for fp16/bf16.
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         USE_INT64=bool(use_int64),
+        ALPHA_MODE=alpha_mode(alpha),
     )
     group = q_heads // kv_heads
     qk_scale = (alpha - 1.0) * scale
     grid = (triton.cdiv(n_queries, block_m), q_heads, batch)
-
-    # Scratch, never read by the caller: the row max, the tile bounds (same strides as
-    # tile_max), and the per-program lists of active tiles: a row holds two thresholds
-    # and up to cdiv(N, 64) tile indices; padded like tile_max, so no dimension is 1.
-    row_max = torch.empty_like(tau)
-    bound = torch.empty(tiles, dtype=torch.float32, device=query.device)
-    rel_bound = torch.empty(tiles, dtype=torch.float32, device=query.device)
+    row_max, floor, bound, rel_bound = (buffers[name] for name in ("row_max", "floor", "bound", "rel_bound"))
     tile_list = torch.empty((*tiles[:3], tiles[3] + 1), dtype=torch.int32, device=query.device)
     if autotune:
         candidates = autotune_forward_configs(head_dim, query.dtype)
@@ -607,18 +676,19 @@ def attention_forward(
     centre, radius = key_tile_summary(key, n_queries, seqlens_arg, has_seqlens, common["BLOCK_D"], bool(use_int64),
                                       wrap=wrap)
     launch(rowmax_kernel)[grid](
-        query, key, centre, radius, row_max, bound, rel_bound, tile_list, seqlens_arg,
+        query, key, centre, radius, row_max, floor, bound, rel_bound, tile_list, seqlens_arg,
         *query.stride(), *key.stride(), *centre.stride(), *radius.stride(), *row_max.stride(), *bound.stride(),
         *tile_list.stride(),
-        n_queries, n_keys, group, qk_scale, tile_max.shape[3],
+        n_queries, n_keys, group, qk_scale, alpha, 1.0 / (alpha - 1.0), tile_max.shape[3],
         CENTRE_CHUNK=_CENTRE_CHUNK, SCAN=_TILE_SCAN, **common, **rowmax_tuning,
     )
+    if not with_output:
+        return buffers
     launch(tau_out_kernel)[grid](
-        query, key, value, out, row_max, tau, bound, rel_bound, tile_max, tile_list, seqlens_arg,
+        query, key, value, out, row_max, floor, tau, bound, rel_bound, tile_max, tile_list, seqlens_arg,
         *query.stride(), *key.stride(), *value.stride(), *out.stride(), *tau.stride(), *tile_max.stride(),
         *tile_list.stride(),
         n_queries, n_keys, group, qk_scale, alpha, 1.0 / (alpha - 1.0),
-        ALPHA_MODE=alpha_mode(alpha), TAU_TOL=TAU_TOL, SCAN=_TILE_SCAN,
-        **common, **tau_out_tuning,
+        TAU_TOL=TAU_TOL, SCAN=_TILE_SCAN, **common, **tau_out_tuning,
     )
-    return out, tau, tile_max
+    return buffers
