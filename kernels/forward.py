@@ -16,32 +16,40 @@ Glossary
              the largest z among its entries with z > TAU of their row (the
              nonzeros of P), -inf for a tile with none; one extra row and column
              of tiles, always -inf (adasplash_compile.options.tile_grid)
-  bound, rel_bound  scratch per tile: an upper bound on the tile's z (its max over
-             visible entries) and on its shifted scores z - m (see kernel 1)
+  floor      per-row lower bound on TAU (scratch, from kernel 1), at least m' - 1
+             for the max m' of the rows' two local tiles
+  bound, rel_bound  scratch per tile: upper bounds on the tile's z and on its shifted
+             scores z - m, or both -inf for a tile with no entry above its rows'
+             floors (see kernel 1)
   BLOCK_M, BLOCK_N   query rows per program, keys per step; both equal the tile
              (64), so one step covers exactly one tile
   NBINS, MAX_SWEEPS  edges per threshold sweep; sweeps at most (the first is the
              histogram over the initial bracket)
   EDGE_UNROLL  unroll factor of the per-tile loop over edges (kernels/tau.py)
 
-Two kernels per call, one program per (Z, H, BLOCK_M rows):
+Three kernels per call: ``_key_tile_summary`` (kernels/key_summary.py), then two with
+one program per (Z, H, BLOCK_M rows):
 
-1. ``_adasplash_fwd_rowmax``: the only dense Q.K^T sweep. Writes the row max m and,
-   for every tile of its row block (-inf past the last visible key),
-   ``bound`` = max z and ``rel_bound`` = max over the tile of
-   (row max within the tile - running row max). The running max never exceeds the
-   final m, so rel_bound >= max (z - m): a bound free of the row-to-row spread of m,
-   which a single absolute bound per 64 rows suffers from. The sweep starts at the
-   diagonal tile, where local attention puts the row max, so the running max is
-   near final from the first step.
+1. ``_adasplash_fwd_rowmax``, the max sweep, in three steps:
+   - the block's diagonal tile (the last visible one when causal) and the tile
+     before it, exactly: where attention is local the row max and most of the mass
+     sit there. ``threshold_floor`` solves their threshold approximately; the
+     threshold of a subset of a row's entries is at most the row's, so
+     floor = max(its bracket's lower end, m' - 1) <= TAU;
+   - every other tile bounded by centres and radii, 64 tiles per small product;
+   - exact scores only for tiles whose bound exceeds some row's floor.
+   It writes the row max m and floor, and per tile ``bound`` = max z and
+   ``rel_bound`` = max over the tile of (row max within the tile - running row max):
+   the running max never exceeds the final m, so rel_bound >= max (z - m), a bound
+   free of the row-to-row spread of m. A tile with nothing above its rows' floors
+   holds no nonzero of P and not the max: both bounds -inf, no later pass visits it.
 2. ``_adasplash_fwd_tau_out``: threshold sweeps, then the output pass, all block-sparse:
    - sweep k visits only tiles with bound > min over the block's still active rows
      of (m + lo) and rel_bound > min of lo: a tile whose entries all lie at or
      below every row's lower bracket end adds nothing to the tail statistics
      (kernels/tau.py), so it is skipped without recomputing Q.K^T. The first sweep
-     (the histogram) already skips tiles more than 1 below every row max
-     (tau >= m - 1); at most MAX_SWEEPS sweeps, and the loop ends as soon as every
-     row of the block has converged.
+     (the histogram) starts from lo = floor - m; at most MAX_SWEEPS sweeps, and the
+     loop ends as soon as every row of the block has converged.
    - output: p = [z - TAU]_+^INV, acc += p.V, l += sum p, out = acc / l (0 where
      l = 0), over the tiles with bound > min TAU and rel_bound > min (TAU - m);
      each visited tile writes its tile_max, so the backward visits exactly the

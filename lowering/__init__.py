@@ -16,11 +16,17 @@ This is what ``torch.library.triton_op`` does, made conditional on the device:
   ``torch.ops.adasplash.attention_fwd`` as one serialisable node; AOTInductor
   decomposes it again when it compiles the package for CUDA.
 
+Under ``mode="max-autotune"`` (Inductor's ``max_autotune`` flag, read when the rule
+runs) the launchers wrap their kernels in ``triton.autotune``
+(``adasplash_compile.kernels.autotuning``): Inductor compiles every config into the
+output code and benchmarks them on the first run, before CUDA-graph capture.
+
 Private APIs used, each looked up by feature (never by version string); when one
 is missing the rule is not registered and the ops stay opaque, which is slower but
 correct: ``torch._subclasses.functional_tensor.FunctionalTensorMode``,
 ``torch.export._trace.custom_triton_ops_decomposition_disabled`` and
-``torch._library.triton.triton_ops_to_kernels`` (the AOTAutograd cache key).
+``torch._library.triton.triton_ops_to_kernels`` (the AOTAutograd cache key). Also
+``torch._inductor.config.max_autotune``, read as False where it is missing.
 """
 
 from adasplash_compile.lowering.decomposition import register_decompositions
