@@ -609,18 +609,21 @@ def attention_forward(
     (``default_forward_config``); ``autotune`` chooses among ``autotune_forward_configs``
     instead (kernels/autotuning.py).
     """
-    buffers = _launch(query, key, value, alpha, is_causal, scale, seqlens, wrap, config, autotune, with_output=True)
+    buffers = _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, config, autotune,
+                           with_output=True)
     return buffers["out"], buffers["tau"], buffers["tile_max"]
 
 
 def max_sweep(query, key, alpha, is_causal, scale, seqlens=None, *, config=None) -> dict:
     """Kernel 1 alone, for tests and profiling: {"row_max", "floor", "bound", "rel_bound"}
     (bound and rel_bound shaped like tile_max; their padding row is never written)."""
-    buffers = _launch(query, key, key, alpha, is_causal, scale, seqlens, None, config, False, with_output=False)
+    buffers = _run_forward(query, key, key, alpha, is_causal, scale, seqlens, None, config, False,
+                           with_output=False)
     return {name: buffers[name] for name in ("row_max", "floor", "bound", "rel_bound")}
 
 
-def _launch(query, key, value, alpha, is_causal, scale, seqlens, wrap, config, autotune, with_output):
+def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, config, autotune, with_output):
+    """Allocate and launch; with_output=False stops after the max sweep. Returns every buffer by name."""
     if autotune and config is not None:
         raise ValueError("attention_forward: pass either config or autotune=True, not both")
     launch = wrap or _identity
