@@ -92,9 +92,9 @@ from adasplash_compile.kernels.tau import (
 from adasplash_compile.options import TILE_M, TILE_N, tile_grid
 
 # --------------------------------------------------------------------------- configs
-# One default per (head dim, dtype); ``forward_configs`` lists the candidates an
-# autotuner may try later and ``prune_forward_configs`` holds the static limits
-# (also stated as tl.static_assert in the kernels).
+# One default per (head dim, dtype); ``forward_configs`` lists the candidates that
+# max-autotune draws from (``autotune_forward_configs``); ``prune_forward_configs``
+# holds the static limits (also stated as tl.static_assert in the kernels).
 
 # Tile bounds read per vector load when listing a sweep's active tiles.
 _TILE_SCAN = 128
