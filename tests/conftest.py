@@ -25,6 +25,16 @@ TOLERANCES = {
     torch.bfloat16: {"out": 4e-2, "grad": 4e-2},
 }
 
+# GPU test dtypes: every dtype where accuracy depends on it; elsewhere bf16 runs by
+# default and the other dtypes are marked slow, so the default GPU run fits a short
+# device lease.
+ALL_GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+GPU_DTYPES = [
+    pytest.param(torch.float32, marks=pytest.mark.slow),
+    pytest.param(torch.float16, marks=pytest.mark.slow),
+    torch.bfloat16,
+]
+
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs CUDA")

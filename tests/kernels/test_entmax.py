@@ -13,7 +13,7 @@ from entmax import entmax_bisect, sparsemax
 
 from adasplash_compile import reference
 from adasplash_compile.kernels.entmax import default_entmax_config, entmax_forward, prune_entmax_configs
-from tests.conftest import TOLERANCES
+from tests.conftest import ALL_GPU_DTYPES, GPU_DTYPES, TOLERANCES
 from tests.kernels.mutation import kernel_writes
 
 interpret = pytest.mark.interpret
@@ -155,16 +155,6 @@ def test_wrap_is_applied():
 
 
 # --------------------------------------------------------------------------- GPU
-
-# Every dtype where accuracy depends on it; elsewhere bf16 runs by default and the
-# other dtypes are marked slow, so the default GPU run fits a short device lease.
-ALL_GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-GPU_DTYPES = [
-    pytest.param(torch.float32, marks=pytest.mark.slow),
-    pytest.param(torch.float16, marks=pytest.mark.slow),
-    torch.bfloat16,
-]
-
 
 @gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES)

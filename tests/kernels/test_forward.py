@@ -21,7 +21,7 @@ from adasplash_compile.kernels.forward import (
     prune_forward_configs,
 )
 from adasplash_compile.options import TILE_M, TILE_N, tile_grid
-from tests.conftest import TOLERANCES
+from tests.conftest import ALL_GPU_DTYPES, GPU_DTYPES, TOLERANCES
 from tests.kernels.mutation import kernel_writes
 from tests.oracle import dense_mask, entmax_attention, support_tile_max_bounds
 
@@ -323,16 +323,6 @@ def test_wrap_is_applied_to_every_launch():
 
 
 # --------------------------------------------------------------------------- GPU
-
-# Every dtype where accuracy depends on it; elsewhere bf16 runs by default and the
-# other dtypes are marked slow, so the default GPU run fits a short device lease.
-ALL_GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-GPU_DTYPES = [
-    pytest.param(torch.float32, marks=pytest.mark.slow),
-    pytest.param(torch.float16, marks=pytest.mark.slow),
-    torch.bfloat16,
-]
-
 
 @gpu
 @pytest.mark.parametrize("dtype", ALL_GPU_DTYPES)
