@@ -59,17 +59,27 @@ def _make_rule(op_name, decomposition_disabled):
     return rule
 
 
+# Triton's kernel objects; InterpretedFunction is what @triton.jit makes under TRITON_INTERPRET=1.
+_KERNEL_TYPES = ("JITFunction", "Autotuner", "Heuristics", "InterpretedFunction")
+
+
 def _register_cache_key_kernels():
     """Tell AOTAutograd's cache which Triton sources each op runs, so edits invalidate it."""
     registry = _lookup("torch._library.triton", "triton_ops_to_kernels")
     if registry is None:
         return
-    from adasplash_compile.kernels import backward, entmax, forward
+    from adasplash_compile.kernels import backward, entmax, forward, key_summary
 
-    for module, names in ((forward, ("attention_fwd",)), (backward, ("attention_bwd",)), (entmax, ("entmax_fwd",))):
-        kernels = [v for v in vars(module).values() if type(v).__name__ in ("JITFunction", "Autotuner", "Heuristics")]
-        for name in names:
-            registry[f"adasplash::{name}"] = kernels
+    launched = {
+        "attention_fwd": (forward, key_summary),
+        "attention_bwd": (backward,),
+        "entmax_fwd": (entmax,),
+    }
+    for name, modules in launched.items():
+        registry[f"adasplash::{name}"] = [
+            value for module in modules for value in vars(module).values()
+            if type(value).__name__ in _KERNEL_TYPES
+        ]
 
 
 def register_decompositions() -> bool:

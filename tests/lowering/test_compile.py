@@ -117,3 +117,18 @@ def test_max_autotune_flag_comes_from_inductor_config():
         assert not max_autotune_enabled()
     with torch._inductor.config.patch(max_autotune=True):
         assert max_autotune_enabled()
+
+
+def test_cache_key_lists_every_kernel_each_op_launches(monkeypatch):
+    import torch._library.triton as triton_library
+
+    from adasplash_compile.lowering import decomposition
+
+    registry = {}
+    monkeypatch.setattr(triton_library, "triton_ops_to_kernels", registry)
+    decomposition._register_cache_key_kernels()
+    names = {op: {kernel.fn.__name__ for kernel in kernels} for op, kernels in registry.items()}
+    assert {"_key_tile_summary", "_adasplash_fwd_rowmax", "_adasplash_fwd_tau_out"} <= names["adasplash::attention_fwd"]
+    assert {"_adasplash_bwd_row_lists", "_adasplash_bwd_key_lists", "_adasplash_bwd_dq",
+            "_adasplash_bwd_dkdv"} <= names["adasplash::attention_bwd"]
+    assert "_entmax_fwd" in names["adasplash::entmax_fwd"]
