@@ -10,7 +10,7 @@ import triton
 from adasplash_compile import reference
 from adasplash_compile.kernels import forward
 from adasplash_compile.kernels.key_summary import key_tile_summary
-from adasplash_compile.options import TILE_N, tile_grid
+from adasplash_compile.options import TILE_N
 from tests.kernels.test_forward import make_qkv
 
 interpret = pytest.mark.interpret
@@ -47,14 +47,10 @@ def test_centre_is_the_mean_and_radius_the_farthest_visible_key(dtype):
     _check_summary(key, [100, 30])  # the third tile of batch 1 holds no visible key
 
 
-def _max_sweep(q, k, scale, alpha=1.5):
-    sweep = forward.max_sweep(q, k, alpha, True, scale)
-    return sweep["row_max"], sweep["floor"], sweep["bound"], sweep["rel_bound"]
-
-
 def _check_max_sweep(q, k, scale, alpha=1.5):
     """Checks the sweep's outputs against float64; returns (tiles skipped, all-zero tiles)."""
-    row_max, floor, bound, rel_bound = _max_sweep(q, k, scale, alpha)
+    sweep = forward.max_sweep(q, k, alpha, True, scale)
+    row_max, floor, bound, rel_bound = (sweep[name] for name in ("row_max", "floor", "bound", "rel_bound"))
     n = q.shape[2]
     z = (alpha - 1) * scale * q.double() @ k.double().transpose(-1, -2)
     z = z.masked_fill(~torch.ones(n, n, dtype=torch.bool, device=z.device).tril(), float("-inf"))
