@@ -117,21 +117,30 @@ def profile_case(workload, n, args):
     return row
 
 
-def sweep_configs(workload, n, args):
-    q, k, v = wl.make_inputs(workload, n)
-    scale = q.shape[-1] ** -0.5
+def _time_each(label, workload, n, configs, run, args):
+    """One row per config: do_bench median of run(config) in ms, or the error it raised."""
     rows = []
-    for config in fwd_kernels.forward_configs(q.shape[-1], q.dtype):
+    for config in configs:
         started = time.time()
         try:
-            fwd_kernels.attention_forward(q, k, v, ALPHA, True, scale, None, config=config)
+            run(config)  # compiles outside the timing
             torch.cuda.synchronize()
-            ms = bench(lambda: fwd_kernels.attention_forward(q, k, v, ALPHA, True, scale, None, config=config), args)
+            ms = bench(lambda: run(config), args)
         except Exception as exc:  # noqa: BLE001 - a config that fails is reported, not fatal
             ms = f"{type(exc).__name__}: {str(exc)[:80]}"
         rows.append({"workload": workload, "n": n, "config": config, "ms": ms, "s": time.time() - started})
-        print(f"  sweep {workload} {n} {config} -> {ms}", flush=True)
+        print(f"  {label} {workload} {n} {config} -> {ms}", flush=True)
     return rows
+
+
+def sweep_configs(workload, n, args):
+    q, k, v = wl.make_inputs(workload, n)
+    scale = q.shape[-1] ** -0.5
+
+    def run(config):
+        return fwd_kernels.attention_forward(q, k, v, ALPHA, True, scale, None, config=config)
+
+    return _time_each("sweep", workload, n, fwd_kernels.forward_configs(q.shape[-1], q.dtype), run, args)
 
 
 BACKWARD_CANDIDATES = [
@@ -156,18 +165,12 @@ def sweep_backward(workload, n, args):
     grad = torch.randn_like(q)
     scale = q.shape[-1] ** -0.5
     _, tau, tile_max = fwd_kernels.attention_forward(q, k, v, ALPHA, True, scale, None)
-    rows = []
-    for values in BACKWARD_CANDIDATES:
-        config = bwd_kernels.BackwardConfig(*values)
-        started = time.time()
-        try:
-            ms = bench(lambda: bwd_kernels.attention_backward(grad, q, k, v, tau, tile_max, ALPHA, True, scale, None,
-                                                              config=config), args)
-        except Exception as exc:  # noqa: BLE001 - a config that fails is reported, not fatal
-            ms = f"{type(exc).__name__}: {str(exc)[:80]}"
-        rows.append({"workload": workload, "n": n, "config": list(values), "ms": ms, "s": time.time() - started})
-        print(f"  sweep-bwd {workload} {n} {values} -> {ms}", flush=True)
-    return rows
+
+    def run(values):
+        return bwd_kernels.attention_backward(grad, q, k, v, tau, tile_max, ALPHA, True, scale, None,
+                                              config=bwd_kernels.BackwardConfig(*values))
+
+    return _time_each("sweep-bwd", workload, n, BACKWARD_CANDIDATES, run, args)
 
 
 def _sort_key(row):
