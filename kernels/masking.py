@@ -51,3 +51,17 @@ def visible_query_start(key_start, n_queries, n_keys, IS_CAUSAL: tl.constexpr):
         return tl.maximum(key_start - (n_keys - n_queries), 0)
     else:
         return 0
+
+
+@triton.jit
+def first_masked_tile(start_m, n_queries, n_keys, valid_queries, valid_keys, IS_CAUSAL: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Index of the first BLOCK_N-key tile in which some row of [start_m, start_m + BLOCK_M)
+    cannot see some key: every row sees every key of the tiles before it, so those
+    tiles need no mask (0 when some row of the block is padding or past n_queries)."""
+    first = valid_keys // BLOCK_N
+    if IS_CAUSAL:
+        # Row start_m sees keys up to start_m + N - M; a tile is whole for it (and so
+        # for the rows below) while its last key stays within that.
+        first = tl.minimum(first, tl.maximum(start_m + (n_keys - n_queries) + 1, 0) // BLOCK_N)
+    return tl.where(start_m + BLOCK_M <= valid_queries, first, 0)
