@@ -80,13 +80,14 @@ import triton.language as tl
 
 from adasplash_compile.kernels.autotuning import autotuned, launch_options
 from adasplash_compile.kernels.key_summary import key_tile_summary
-from adasplash_compile.kernels.masking import valid_lengths, visible_key_end, visible_tile
+from adasplash_compile.kernels.masking import first_masked_tile, valid_lengths, visible_key_end, visible_tile
 from adasplash_compile.kernels.tau import (
     TAU_TOL,
     alpha_mode,
     entmax_power,
     tau_accumulate,
     tau_init,
+    tau_tolerance,
     tau_update,
 )
 from adasplash_compile.options import TILE_M, TILE_N, tile_grid
@@ -221,9 +222,14 @@ def load_q_tile(q_ptr, offs_m, offs_d, M, stride_qm, stride_qd, HEAD_DIM: tl.con
 
 @triton.jit
 def score_tile(q, k_ptr, start_n, offs_m, offs_n_base, offs_d, M, N, valid_q, valid_k, qk_scale,
-               stride_kn, stride_kd, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
-               USE_INT64: tl.constexpr):
-    """z = (alpha-1)*scale*q.k^T for one key tile, -inf where not visible."""
+               stride_kn, stride_kd, masked, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
+               DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr):
+    """z = (alpha-1)*scale*q.k^T for one key tile, -inf where not visible.
+
+    masked (a scalar) may be False only for a tile before ``first_masked_tile``, which
+    every row sees whole: it then skips the per-entry visibility mask, whose compares,
+    ands and select are a large share of the max sweep's per-entry work.
+    """
     offs_n = start_n + offs_n_base
     if USE_INT64:
         rows_n = offs_n.to(tl.int64)
@@ -231,9 +237,10 @@ def score_tile(q, k_ptr, start_n, offs_m, offs_n_base, offs_d, M, N, valid_q, va
         rows_n = offs_n
     k_ptrs = k_ptr + rows_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
     kt = tl.load(k_ptrs, mask=(offs_n[None, :] < N) & (offs_d[:, None] < HEAD_DIM), other=0.0)
-    s = tl.dot(q, kt, input_precision=DOT_PRECISION)
-    visible = visible_tile(offs_m, offs_n, M, N, valid_q, valid_k, IS_CAUSAL)
-    return tl.where(visible, s * qk_scale, float("-inf"))
+    z = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+    if masked:
+        z = tl.where(visible_tile(offs_m, offs_n, M, N, valid_q, valid_k, IS_CAUSAL), z, float("-inf"))
+    return z
 
 
 @triton.jit
@@ -331,6 +338,7 @@ def _adasplash_fwd_rowmax(
     n_tiles = tl.cdiv(key_end, BLOCK_N)
     # Keys each row sees: [0, visible_key_end(row + 1)) for rows below valid_q.
     n_i = tl.where(offs_m < valid_q, visible_key_end(offs_m + 1, M, N, valid_k, IS_CAUSAL), 0)
+    first_masked = first_masked_tile(start_m, M, N, valid_q, valid_k, IS_CAUSAL, BLOCK_M, BLOCK_N)
 
     # 1. The block's diagonal tile (the last visible one when causal) and the tile before
     #    it first: where attention is local, the row max sits there, and so does most of
@@ -344,10 +352,10 @@ def _adasplash_fwd_rowmax(
     floor_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     for tile_n in range(diagonal, tl.minimum(diagonal + 1, n_tiles)):
         z_diag = score_tile(q, k_base, tile_n * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
-                            stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+                            stride_kn, stride_kd, True, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
         before = tl.maximum(tile_n - 1, 0)
         z_before = score_tile(q, k_base, before * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
-                              qk_scale, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+                              qk_scale, stride_kn, stride_kd, True, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
         z_before = tl.where(tile_n > 0, z_before, float("-inf"))
         floor_i, m_i = threshold_floor(z_diag, z_before, alpha, inv, ALPHA_MODE)
         floor_i = tl.maximum(floor_i, m_i - 1.0)
@@ -386,12 +394,13 @@ def _adasplash_fwd_rowmax(
     # 3. Exact scores only for the tiles whose bound exceeds some row's floor (floor >=
     #    m - 1 makes their relative bound > -1); the others keep -inf (no nonzero of P,
     #    not the max). Step 1's tiles are listed again, so their max enters m_i here.
-    n_listed = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles,
-                                 tl.full([], float("-inf"), tl.float32), tl.full([], -1.0, tl.float32), SCAN)
+    n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles, first_masked,
+                                             tl.full([], float("-inf"), tl.float32), tl.full([], -1.0, tl.float32),
+                                             SCAN)
     for i in range(0, n_listed):
         tile_n = tl.load(list_ptr + (i + 2) * stride_ln)
         z = score_tile(q, k_base, tile_n * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
-                       stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+                       stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
         m_i = tl.maximum(m_i, tl.max(z, 1))
         store_tile_bounds(bound_row, rel_row, tile_n, stride_tn, z, m_i, floor_i)
     # Tiles past the last visible key, padding included, hold no visible entry.
@@ -404,11 +413,13 @@ def _adasplash_fwd_rowmax(
 
 
 @triton.jit
-def list_active_tiles(bound_ptr, rel_bound_ptr, stride_tn, list_ptr, stride_ln, n_tiles, threshold, rel_threshold,
-                      SCAN: tl.constexpr):
+def list_active_tiles(bound_ptr, rel_bound_ptr, stride_tn, list_ptr, stride_ln, n_tiles, first_masked, threshold,
+                      rel_threshold, SCAN: tl.constexpr):
     """List the tiles j < n_tiles with bound[j] > threshold and rel_bound[j] > rel_threshold.
 
-    Returns how many. list_ptr[0] and list_ptr[1] receive the two thresholds (float32
+    Returns how many, and how many of them lie before tile first_masked
+    (``first_masked_tile``): the list is in ascending order, so those come first and
+    the sweep runs them without a mask. list_ptr[0] and list_ptr[1] receive the two thresholds (float32
     bits) and list_ptr[2 + i] the i-th listed tile index. Scanning SCAN tiles per
     vector load and compacting with a prefix sum lets the sweep that follows loop over
     listed tiles only: no per-tile branch or dependent scalar load, and its loads can
@@ -432,6 +443,7 @@ def list_active_tiles(bound_ptr, rel_bound_ptr, stride_tn, list_ptr, stride_ln, 
     threshold = tl.load(list_ptr).to(tl.float32, bitcast=True)
     rel_threshold = tl.load(list_ptr + stride_ln).to(tl.float32, bitcast=True)
     count = 0
+    n_unmasked = 0
     for start in range(0, n_tiles, SCAN):
         tiles = start + offs
         inside = tiles < n_tiles
@@ -441,8 +453,9 @@ def list_active_tiles(bound_ptr, rel_bound_ptr, stride_tn, list_ptr, stride_ln, 
         slot = count + 1 + tl.cumsum(active, 0)  # slots 0 and 1 hold the thresholds
         tl.store(list_ptr + slot * stride_ln, tiles, mask=active > 0)
         count += tl.sum(active, 0)
+        n_unmasked += tl.sum(tl.where(tiles < first_masked, active, 0), 0)
     tl.debug_barrier()
-    return count
+    return count, n_unmasked
 
 
 @triton.jit
@@ -456,10 +469,10 @@ def _adasplash_fwd_tau_out(
     stride_tauz, stride_tauh, stride_taum,
     stride_tz, stride_th, stride_tm, stride_tn,
     stride_lz, stride_lh, stride_lm, stride_ln,
-    M, N, GROUP, qk_scale, alpha, inv,
+    M, N, GROUP, qk_scale, alpha, inv, tau_tol,
     HEAD_DIM: tl.constexpr, HAS_SEQLENS: tl.constexpr, IS_CAUSAL: tl.constexpr, ALPHA_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    NBINS: tl.constexpr, MAX_SWEEPS: tl.constexpr, EDGE_UNROLL: tl.constexpr, TAU_TOL: tl.constexpr,
+    NBINS: tl.constexpr, MAX_SWEEPS: tl.constexpr, EDGE_UNROLL: tl.constexpr,
     SCAN: tl.constexpr,
     DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
 ):
@@ -509,6 +522,7 @@ def _adasplash_fwd_tau_out(
     n_tiles = tl.cdiv(key_end, BLOCK_N)
     # Keys each row sees: [0, visible_key_end(row + 1)) for rows below valid_q.
     n_i = tl.where(offs_m < valid_q, visible_key_end(offs_m + 1, M, N, valid_k, IS_CAUSAL), 0)
+    first_masked = first_masked_tile(start_m, M, N, valid_q, valid_k, IS_CAUSAL, BLOCK_M, BLOCK_N)
 
     m_i = tl.load(m_ptr + row_offset, mask=offs_m < M, other=float("-inf"))
     has_keys = m_i > float("-inf")
@@ -530,16 +544,16 @@ def _adasplash_fwd_tau_out(
         # end adds nothing to the tail statistics, in absolute or shifted units.
         skip_below = tl.min(tl.where(active, m_shift + lo, float("inf")), 0)
         rel_skip_below = tl.min(tl.where(active, lo, float("inf")), 0)
-        n_listed = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles, skip_below,
-                                     rel_skip_below, SCAN)
+        n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles,
+                                                 first_masked, skip_below, rel_skip_below, SCAN)
         for i in range(0, n_listed):
             start_n = tl.load(list_ptr + (i + 2) * stride_ln) * BLOCK_N
             z = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
-                           stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+                           stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
             stat_f, stat_g, stat_c = tau_accumulate(z - m_shift[:, None], lo, hi, stat_f, stat_g, stat_c,
                                                     inv, NBINS, ALPHA_MODE, EDGE_UNROLL)
         lo, hi, tau_i, active = tau_update(lo, hi, tau_i, active, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE,
-                                           TAU_TOL)
+                                           tau_tol)
         n_active = tl.sum(active.to(tl.int32), 0)
         sweep += 1
 
@@ -550,15 +564,15 @@ def _adasplash_fwd_tau_out(
 
     # ---- output pass over the tiles that may hold a nonzero of P; each one visited
     # records in tile_max the largest z of its nonzeros (-inf stays where there is none).
-    n_listed = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles, tl.min(tau_i, 0),
-                                 tl.min(tau_shifted, 0), SCAN)
+    n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles,
+                                             first_masked, tl.min(tau_i, 0), tl.min(tau_shifted, 0), SCAN)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     for i in range(0, n_listed):
         tile_n = tl.load(list_ptr + (i + 2) * stride_ln)
         start_n = tile_n * BLOCK_N
         z = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
-                       stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+                       stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
         # +inf thresholds (rows that see nothing) give z - tau = -inf -> p = 0.
         gap = z - tau_i[:, None]
         p = entmax_power(tl.maximum(gap, 0.0), inv, ALPHA_MODE)
@@ -699,7 +713,7 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
         query, key, value, out, row_max, floor, tau, bound, rel_bound, tile_max, tile_list, seqlens_arg,
         *query.stride(), *key.stride(), *value.stride(), *out.stride(), *tau.stride(), *tile_max.stride(),
         *tile_list.stride(),
-        n_queries, n_keys, group, qk_scale, alpha, 1.0 / (alpha - 1.0),
-        TAU_TOL=TAU_TOL, SCAN=_TILE_SCAN, **common, **tau_out_tuning,
+        n_queries, n_keys, group, qk_scale, alpha, 1.0 / (alpha - 1.0), tau_tolerance(alpha, query.dtype),
+        SCAN=_TILE_SCAN, **common, **tau_out_tuning,
     )
     return buffers

@@ -20,6 +20,7 @@ from adasplash_compile.kernels.forward import (
     forward_configs,
     prune_forward_configs,
 )
+from adasplash_compile.kernels.tau import tau_tolerance
 from adasplash_compile.options import TILE_M, TILE_N, tile_grid
 from tests.conftest import ALL_GPU_DTYPES, GPU_DTYPES, TOLERANCES
 from tests.kernels.mutation import kernel_writes
@@ -93,7 +94,9 @@ def check_forward(q, k, v, alpha, is_causal, scale, seqlens, config=None, out_to
     assert torch.isposinf(tau.cpu()[empty]).all()
 
     _, ref_tau, _ = reference.attention_forward(q, k, v, alpha, is_causal, scale, seqlens)
-    torch.testing.assert_close(tau, ref_tau, atol=2e-5, rtol=2e-5)
+    # The kernel stops refining once the bracket holding tau is tau_tolerance wide
+    # (looser for 16-bit outputs), so its tau may sit that far from the exact one.
+    torch.testing.assert_close(tau, ref_tau, atol=2e-5 + tau_tolerance(alpha, q.dtype), rtol=2e-5)
     check_tile_max(tile_max, q, k, tau, alpha, is_causal, scale, seqlens)
     return out, tau, tile_max
 
