@@ -36,8 +36,11 @@ one program per (Z, H, BLOCK_M rows):
      sit there. ``threshold_floor`` solves their threshold approximately; the
      threshold of a subset of a row's entries is at most the row's, so
      floor = max(its bracket's lower end, m' - 1) <= TAU;
-   - every other tile bounded by centres and radii, 64 tiles per small product;
-   - exact scores only for tiles whose bound exceeds some row's floor.
+   - every tile bounded by centres and radii, CENTRE_CHUNK (32) tiles per small
+     product;
+   - exact scores only for tiles whose bound exceeds some row's floor, in ascending
+     order; the tiles before ``first_masked_tile`` (kernels/masking.py), which every
+     row of the block sees whole, skip the per-entry mask here and in kernel 2.
    It writes the row max m and floor, and per tile ``bound`` = max z and
    ``rel_bound`` = max over the tile of (row max within the tile - running row max):
    the running max never exceeds the final m, so rel_bound >= max (z - m), a bound
@@ -49,7 +52,9 @@ one program per (Z, H, BLOCK_M rows):
      below every row's lower bracket end adds nothing to the tail statistics
      (kernels/tau.py), so it is skipped without recomputing Q.K^T. The first sweep
      (the histogram) starts from lo = floor - m; at most MAX_SWEEPS sweeps, and the
-     loop ends as soon as every row of the block has converged.
+     loop ends as soon as every row of the block has converged: exactly, or to a
+     bracket of width ``tau_tol`` (kernels/tau.py ``tau_tolerance``: 2^-20 for
+     float32 outputs, 2^-15 for bf16 at alpha = 1.5, far below their rounding).
    - output: p = [z - TAU]_+^INV, acc += p.V, l += sum p, out = acc / l (0 where
      l = 0), over the tiles with bound > min TAU and rel_bound > min (TAU - m);
      each visited tile writes its tile_max, so the backward visits exactly the
@@ -61,9 +66,11 @@ one program per (Z, H, BLOCK_M rows):
    The kernel reads only inputs and writes only outputs and scratch, so an
    autotuner may relaunch it.
 
-Compiled for sm_90 (bf16/fp16, D in {40, 64, 128, 256}), the output kernel used
-163-242 registers without spills with NBINS = 8 and EDGE_UNROLL = 1; unrolling 8
-edges reached 255 and spilled, 4 unrolled edges are the default (faster). fp32 uses
+Compiled for sm_90 (bf16, D = 128, default config; triton 3.6 ptxas), both kernels use
+255 registers without spills and 48 KB (max sweep) / 80 KB (output kernel) of shared
+memory: two programs, 8 warps, per SM. ncu (mid, N = 32768) found the max sweep
+latency-bound (29% of issue slots busy) and the output kernel ALU-bound on the
+threshold sweeps (66%); unrolling 8 edges spilled. fp32 uses
 tl.dot on FMA units ("ieee", as tf32 misses the 1e-4 bar) and spills at every D:
 correct, not fast.
 
@@ -101,7 +108,7 @@ from adasplash_compile.options import TILE_M, TILE_N, tile_grid
 _TILE_SCAN = 128
 
 # Key tiles bounded per (64 x D) x (D x CENTRE_CHUNK) product in the max sweep.
-_CENTRE_CHUNK = 64
+_CENTRE_CHUNK = 32
 
 # The max sweep's threshold floor (threshold_floor): sweeps and edges over its two
 # tiles, and the margin (shifted units, |tau'| <= 1) subtracted for float32 rounding.
@@ -257,27 +264,44 @@ def store_tile_bounds(bound_row, rel_row, tile_n, stride_tn, z, m_i, floor_i):
 
 
 @triton.jit
-def threshold_floor(z_a, z_b, alpha, inv, ALPHA_MODE: tl.constexpr):
-    """A lower bound on each row's threshold from two of its score tiles (-inf for a row
-    without entries there), and the rows' max over them.
+def threshold_floor(q, k_base, diagonal, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, alpha, inv,
+                    stride_kn, stride_kd, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, ALPHA_MODE: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+    """A lower bound on each row's threshold from its tiles diagonal and diagonal - 1
+    (-inf for a row without entries there), and the rows' max over them.
 
     The threshold of a subset of a row's entries is at most the row's threshold (its
     objective sum_j [z_j - t]_+^INV - 1 is pointwise smaller), and the lower end of a
     bracket on the subset's threshold is at most that: so FLOOR_SWEEPS sweeps over the
-    two tiles, held in registers, bound tau from below whatever else the row holds.
+    two tiles bound tau from below whatever else the row holds. The tiles are
+    recomputed for every sweep rather than held in registers next to each other: six
+    small products per row block instead of two, against the hundreds of tiles a long
+    row visits, and nothing here is stored, so step 2 bounds every tile alike.
     """
-    m_s = tl.maximum(tl.max(z_a, 1), tl.max(z_b, 1))
-    n_s = tl.sum((z_a > float("-inf")).to(tl.int32), 1) + tl.sum((z_b > float("-inf")).to(tl.int32), 1)
+    m_s = tl.full([offs_m.shape[0]], float("-inf"), tl.float32)
+    n_s = tl.zeros([offs_m.shape[0]], tl.int32)
+    for back in range(0, 2):
+        tile_n = diagonal - back
+        z = score_tile(q, k_base, tl.maximum(tile_n, 0) * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
+                       qk_scale, stride_kn, stride_kd, True, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+        z = tl.where(tile_n >= 0, z, float("-inf"))
+        m_s = tl.maximum(m_s, tl.max(z, 1))
+        n_s += tl.sum((z > float("-inf")).to(tl.int32), 1)
     m_shift = tl.where(m_s > float("-inf"), m_s, 0.0)
     lo, hi, tau_s, active = tau_init(m_s, n_s, alpha, ALPHA_MODE)
-    for _ in tl.static_range(FLOOR_SWEEPS):
-        stat_f = tl.zeros([z_a.shape[0], FLOOR_NBINS], tl.float32)
-        stat_g = tl.zeros([z_a.shape[0], FLOOR_NBINS], tl.float32)
-        stat_c = tl.zeros([z_a.shape[0], FLOOR_NBINS], tl.int32)
-        stat_f, stat_g, stat_c = tau_accumulate(z_a - m_shift[:, None], lo, hi, stat_f, stat_g, stat_c, inv,
-                                                FLOOR_NBINS, ALPHA_MODE, FLOOR_NBINS)
-        stat_f, stat_g, stat_c = tau_accumulate(z_b - m_shift[:, None], lo, hi, stat_f, stat_g, stat_c, inv,
-                                                FLOOR_NBINS, ALPHA_MODE, FLOOR_NBINS)
+    for _ in range(FLOOR_SWEEPS):
+        stat_f = tl.zeros([offs_m.shape[0], FLOOR_NBINS], tl.float32)
+        stat_g = tl.zeros([offs_m.shape[0], FLOOR_NBINS], tl.float32)
+        stat_c = tl.zeros([offs_m.shape[0], FLOOR_NBINS], tl.int32)
+        for back in range(0, 2):
+            tile_n = diagonal - back
+            z = score_tile(q, k_base, tl.maximum(tile_n, 0) * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q,
+                           valid_k, qk_scale, stride_kn, stride_kd, True, HEAD_DIM, IS_CAUSAL, DOT_PRECISION,
+                           USE_INT64)
+            z = tl.where(tile_n >= 0, z, float("-inf"))
+            stat_f, stat_g, stat_c = tau_accumulate(z - m_shift[:, None], lo, hi, stat_f, stat_g, stat_c, inv,
+                                                    FLOOR_NBINS, ALPHA_MODE, FLOOR_NBINS)
         lo, hi, tau_s, active = tau_update(lo, hi, tau_s, active, stat_f, stat_g, stat_c, inv, FLOOR_NBINS,
                                            ALPHA_MODE, FLOOR_TAU_TOL)
     # FLOOR_SLACK absorbs float32 rounding of the bracket arithmetic.
@@ -344,27 +368,15 @@ def _adasplash_fwd_rowmax(
     #    it first: where attention is local, the row max sits there, and so does most of
     #    the row's mass, so their threshold floor (threshold_floor) is near the row's
     #    threshold. floor = max(m - 1, that floor) <= tau: entries at or below it are
-    #    zeros of P. (A loop of at most one step: its bounds, unlike an address computed
-    #    from n_tiles, keep the mutation analysis away from seqlens_ptr; see
-    #    list_active_tiles.)
+    #    zeros of P.
     diagonal = tl.minimum(tl.maximum(start_m + (N - M), 0) // BLOCK_N, tl.maximum(n_tiles - 1, 0))
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    floor_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    for tile_n in range(diagonal, tl.minimum(diagonal + 1, n_tiles)):
-        z_diag = score_tile(q, k_base, tile_n * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
-                            stride_kn, stride_kd, True, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
-        before = tl.maximum(tile_n - 1, 0)
-        z_before = score_tile(q, k_base, before * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
-                              qk_scale, stride_kn, stride_kd, True, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
-        z_before = tl.where(tile_n > 0, z_before, float("-inf"))
-        floor_i, m_i = threshold_floor(z_diag, z_before, alpha, inv, ALPHA_MODE)
-        floor_i = tl.maximum(floor_i, m_i - 1.0)
-        store_tile_bounds(bound_row, rel_row, tile_n, stride_tn, z_diag, m_i, floor_i)
-        if tile_n > 0:
-            store_tile_bounds(bound_row, rel_row, before, stride_tn, z_before, m_i, floor_i)
+    floor_i, m_i = threshold_floor(q, k_base, diagonal, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
+                                   alpha, inv, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64,
+                                   ALPHA_MODE, BLOCK_N)
+    floor_i = tl.maximum(floor_i, m_i - 1.0)
 
-    # 2. Centre bounds (kernels/key_summary.py) for every other tile, CENTRE_CHUNK tiles
-    #    per product: z_ij <= qk_scale (q_i.c_J + |q_i| r_J). The slack term covers the
+    # 2. Centre bounds (kernels/key_summary.py) for every tile, CENTRE_CHUNK tiles per
+    #    product: z_ij <= qk_scale (q_i.c_J + |q_i| r_J). The slack term covers the
     #    float32 rounding of both dot products (relative 1e-4, far above it).
     q_f32 = q.to(tl.float32)
     q_norm = tl.sqrt(tl.sum(q_f32 * q_f32, 1))
@@ -387,13 +399,13 @@ def _adasplash_fwd_rowmax(
         # Rows whose max is still -inf (they see neither tile of step 1) give +inf: listed.
         rel = tl.where(upper > float("-inf"), upper - m_i[:, None], float("-inf"))
         relevant = tl.max((upper > floor_i[:, None]).to(tl.int32), 0) > 0
-        keep = inside & (tiles != diagonal) & (tiles != diagonal - 1)
-        tl.store(bound_row + tiles * stride_tn, tl.where(relevant, tl.max(upper, 0), float("-inf")), mask=keep)
-        tl.store(rel_row + tiles * stride_tn, tl.where(relevant, tl.max(rel, 0), float("-inf")), mask=keep)
+        tl.store(bound_row + tiles * stride_tn, tl.where(relevant, tl.max(upper, 0), float("-inf")), mask=inside)
+        tl.store(rel_row + tiles * stride_tn, tl.where(relevant, tl.max(rel, 0), float("-inf")), mask=inside)
 
     # 3. Exact scores only for the tiles whose bound exceeds some row's floor (floor >=
     #    m - 1 makes their relative bound > -1); the others keep -inf (no nonzero of P,
-    #    not the max). Step 1's tiles are listed again, so their max enters m_i here.
+    #    not the max). Step 1's tiles are listed too where relevant (the diagonal one
+    #    holds its rows' max), so their bounds are exact as well.
     n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles, first_masked,
                                              tl.full([], float("-inf"), tl.float32), tl.full([], -1.0, tl.float32),
                                              SCAN)
@@ -577,7 +589,10 @@ def _adasplash_fwd_tau_out(
         gap = z - tau_i[:, None]
         p = entmax_power(tl.maximum(gap, 0.0), inv, ALPHA_MODE)
         l_i += tl.sum(p, 1)
-        support_max = tl.max(tl.max(tl.where(gap > 0.0, z, float("-inf")), 1), 0)
+        # A row's largest z among its nonzeros is its largest z, if that one is nonzero:
+        # one max per entry instead of a compare, a select and a max.
+        row_max = tl.max(z, 1)
+        support_max = tl.max(tl.where(row_max > tau_i, row_max, float("-inf")), 0)
         tl.store(tile_max_row + tile_n * stride_tn, support_max)
         cols = start_n + offs_n
         if USE_INT64:
