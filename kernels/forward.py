@@ -69,8 +69,8 @@ one program per (Z, H, BLOCK_M rows):
 Compiled for sm_90 (bf16, D = 128, default config; triton 3.6 ptxas), both kernels use
 255 registers without spills and 48 KB (max sweep) / 80 KB (output kernel) of shared
 memory: two programs, 8 warps, per SM. ncu (mid, N = 32768) found the max sweep
-latency-bound (29% of issue slots busy) and the output kernel ALU-bound on the
-threshold sweeps (66%); unrolling 8 edges spilled. fp32 uses
+latency-bound (30% of issue slots busy) and the output kernel ALU-bound on the
+threshold sweeps (67%); unrolling 8 edges spilled. fp32 uses
 tl.dot on FMA units ("ieee", as tf32 misses the 1e-4 bar) and spills at every D:
 correct, not fast.
 
@@ -431,8 +431,8 @@ def list_active_tiles(bound_ptr, rel_bound_ptr, stride_tn, list_ptr, stride_ln, 
 
     Returns how many, and how many of them lie before tile first_masked
     (``first_masked_tile``): the list is in ascending order, so those come first and
-    the sweep runs them without a mask. list_ptr[0] and list_ptr[1] receive the two thresholds (float32
-    bits) and list_ptr[2 + i] the i-th listed tile index. Scanning SCAN tiles per
+    the sweep runs them without a mask. list_ptr[0] and list_ptr[1] receive the two
+    thresholds (float32 bits) and list_ptr[2 + i] the i-th listed tile index. Scanning SCAN tiles per
     vector load and compacting with a prefix sum lets the sweep that follows loop over
     listed tiles only: no per-tile branch or dependent scalar load, and its loads can
     be software-pipelined. The list is global scratch private to this program; the

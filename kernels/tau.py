@@ -68,8 +68,8 @@ def tau_tolerance(alpha: float, dtype) -> float:
     The final estimate lies in the final bracket, as does tau, so it is off by at most
     the width. Moving tau by 2^-(bits + 7) moves the renormalised output by at most
     1/16 of the output dtype's unit roundoff 2^-bits times max|v| (bf16 2^-8, fp16
-    2^-11) for alpha in [1.125, 2], on rows of up to 8k Gaussian scores at any spread
-    (measured worst: 1/32, sparsemax with its widest supports). Towards alpha -> 1,
+    2^-11) for alpha in [1.125, 2], on rows of 64 to 8192 Gaussian scores at any
+    spread (measured worst: 1/32, sparsemax with its widest supports). Towards alpha -> 1,
     p = g^INV amplifies tau errors by INV, so the width shrinks with alpha - 1 there.
     tests/kernels/test_tau_tolerance.py checks the bound. Never below TAU_TOL, so float32
     outputs keep it. A bf16 output thus needs about one refinement sweep fewer per

@@ -45,7 +45,7 @@ def test_tiles_before_first_masked_are_whole_and_the_first_is_not(backend, n_que
     _first_masked[(n_blocks, batch)](first if seqlens is None else seqlens, first, n_queries, n_keys, n_blocks,
                                      HAS_SEQLENS=seqlens is not None, IS_CAUSAL=is_causal, BLOCK_M=TILE_M,
                                      BLOCK_N=TILE_N)
-    visible = dense_mask(batch, n_queries, n_keys, is_causal, lengths and torch.tensor(lengths))[:, 0]
+    visible = dense_mask(batch, n_queries, n_keys, is_causal, None if lengths is None else torch.tensor(lengths))[:, 0]
     pad_m, pad_n = -n_queries % TILE_M, -n_keys % TILE_N
     # Rows past n_queries and keys past n_keys count as hidden.
     visible = torch.nn.functional.pad(visible, (0, pad_n, 0, pad_m), value=False)
