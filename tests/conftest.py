@@ -17,6 +17,16 @@ if not HAS_CUDA:
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
+# Where kernel tests put their tensors: the GPU when there is one, else the CPU
+# (interpreted kernels).
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+# A module-level ``pytestmark`` for kernel helpers tested both ways: interpreted on
+# CPU, and compiled on CUDA where there is a GPU (each test takes a ``backend`` arg).
+BOTH_BACKENDS = pytest.mark.parametrize(
+    "backend", [pytest.param("interpret", marks=pytest.mark.interpret), pytest.param("gpu", marks=pytest.mark.gpu)]
+)
+
 # Max |out - ref| against entmax_bisect in float64, and relative gradient error
 # ||g - ref|| / ||ref||; from the kernels issue's accuracy bar.
 TOLERANCES = {

@@ -24,7 +24,7 @@ from adasplash_compile.kernels.backward import (
     check_backward_config,
 )
 from adasplash_compile.options import TILE_M, TILE_N, tile_grid
-from tests.conftest import TOLERANCES
+from tests.conftest import DEVICE, TOLERANCES
 from tests.oracle import entmax_attention, relative_error
 
 # The interpreter evaluates log2(0) = -inf with numpy, which warns; on the GPU it is the
@@ -35,7 +35,6 @@ interpret = pytest.mark.interpret
 gpu = pytest.mark.gpu
 slow = pytest.mark.slow
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GRAD_NAMES = ("dq", "dk", "dv")
 
 

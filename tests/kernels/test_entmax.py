@@ -13,14 +13,12 @@ from entmax import entmax_bisect, sparsemax
 
 from adasplash_compile import reference
 from adasplash_compile.kernels.entmax import default_entmax_config, entmax_forward, prune_entmax_configs
-from tests.conftest import ALL_GPU_DTYPES, GPU_DTYPES, TOLERANCES
+from tests.conftest import DEVICE, GPU_DTYPES, TOLERANCES
 from tests.kernels.mutation import kernel_writes
 
 interpret = pytest.mark.interpret
 gpu = pytest.mark.gpu
 slow = pytest.mark.slow
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def oracle(x, alpha, dim):

@@ -22,15 +22,13 @@ from adasplash_compile.kernels.forward import (
 )
 from adasplash_compile.kernels.tau import tau_tolerance
 from adasplash_compile.options import TILE_M, TILE_N, tile_grid
-from tests.conftest import ALL_GPU_DTYPES, GPU_DTYPES, TOLERANCES
+from tests.conftest import ALL_GPU_DTYPES, DEVICE, GPU_DTYPES, TOLERANCES
 from tests.kernels.mutation import kernel_writes
 from tests.oracle import dense_mask, entmax_attention, support_tile_max_bounds
 
 interpret = pytest.mark.interpret
 gpu = pytest.mark.gpu
 slow = pytest.mark.slow
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # --------------------------------------------------------------------------- helpers

@@ -11,12 +11,11 @@ from adasplash_compile import reference
 from adasplash_compile.kernels import forward
 from adasplash_compile.kernels.key_summary import key_tile_summary
 from adasplash_compile.options import TILE_N
+from tests.conftest import DEVICE
 from tests.kernels.test_forward import make_qkv
 
 interpret = pytest.mark.interpret
 gpu = pytest.mark.gpu
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _check_summary(key, lengths):

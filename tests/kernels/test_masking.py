@@ -12,13 +12,10 @@ import triton.language as tl
 
 from adasplash_compile.kernels.masking import first_masked_tile, valid_lengths
 from adasplash_compile.options import TILE_M, TILE_N
+from tests.conftest import BOTH_BACKENDS, DEVICE
 from tests.oracle import dense_mask
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-pytestmark = pytest.mark.parametrize(
-    "backend", [pytest.param("interpret", marks=pytest.mark.interpret), pytest.param("gpu", marks=pytest.mark.gpu)]
-)
+pytestmark = BOTH_BACKENDS
 
 
 @triton.jit

@@ -15,16 +15,9 @@ import triton.language as tl
 
 from adasplash_compile import reference
 from adasplash_compile.kernels.tau import TAU_TOL, alpha_mode, tau_accumulate, tau_init, tau_update
+from tests.conftest import BOTH_BACKENDS, DEVICE
 
-interpret = pytest.mark.interpret
-gpu = pytest.mark.gpu
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-# Every test runs interpreted on CPU, and compiled on CUDA where there is a GPU.
-pytestmark = pytest.mark.parametrize(
-    "backend", [pytest.param("interpret", marks=interpret), pytest.param("gpu", marks=gpu)]
-)
+pytestmark = BOTH_BACKENDS
 
 
 @triton.jit

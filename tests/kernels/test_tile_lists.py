@@ -11,12 +11,9 @@ import triton
 import triton.language as tl
 
 from adasplash_compile.kernels.forward import list_active_tiles
+from tests.conftest import BOTH_BACKENDS, DEVICE
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-pytestmark = pytest.mark.parametrize(
-    "backend", [pytest.param("interpret", marks=pytest.mark.interpret), pytest.param("gpu", marks=pytest.mark.gpu)]
-)
+pytestmark = BOTH_BACKENDS
 
 
 @triton.jit
