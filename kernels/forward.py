@@ -432,12 +432,13 @@ def list_active_tiles(bound_ptr, rel_bound_ptr, stride_tn, list_ptr, stride_ln, 
     Returns how many, and how many of them lie before tile first_masked
     (``first_masked_tile``): the list is in ascending order, so those come first and
     the sweep runs them without a mask. list_ptr[0] and list_ptr[1] receive the two
-    thresholds (float32 bits) and list_ptr[2 + i] the i-th listed tile index. Scanning SCAN tiles per
-    vector load and compacting with a prefix sum lets the sweep that follows loop over
-    listed tiles only: no per-tile branch or dependent scalar load, and its loads can
-    be software-pipelined. The list is global scratch private to this program; the
-    barriers order it after the reads of the previous sweep and before the reads that
-    follow (bar.sync makes a CTA's global writes visible to all of its threads).
+    thresholds (float32 bits) and list_ptr[2 + i] the i-th listed tile index.
+    Scanning SCAN tiles per vector load and compacting with a prefix sum lets the
+    sweep that follows loop over listed tiles only: no per-tile branch or dependent
+    scalar load, and its loads can be software-pipelined. The list is global scratch
+    private to this program; the barriers order it after the reads of the previous
+    sweep and before the reads that follow (bar.sync makes a CTA's global writes
+    visible to all of its threads).
 
     The thresholds go through memory on purpose. torch's mutation analysis of Triton
     kernels (``torch.library.wrap_triton``) walks back from every store address
