@@ -55,6 +55,10 @@ one program per (Z, H, BLOCK_M rows):
      loop ends as soon as every row of the block has converged: exactly, or to a
      bracket of width ``tau_tol`` (kernels/tau.py ``tau_tolerance``: 2^-20 for
      float32 outputs, 2^-15 for bf16 at alpha = 1.5, far below their rounding).
+     The sweeps add the row max to the edges instead of subtracting it from every
+     score, and the first takes no counts (``tau_update``, COUNTS): per tile and
+     thread, 704 instructions for the first sweep and 951 for later ones, against
+     1019 when every sweep subtracted the max and counted (SASS, unmasked path).
    - output: p = [z - TAU]_+^INV, acc += p.V, l += sum p, out = acc / l (0 where
      l = 0), over the tiles with bound > min TAU and rel_bound > min (TAU - m);
      each visited tile writes its tile_max, so the backward visits exactly the
@@ -66,11 +70,14 @@ one program per (Z, H, BLOCK_M rows):
    The kernel reads only inputs and writes only outputs and scratch, so an
    autotuner may relaunch it.
 
-Compiled for sm_90 (bf16, D = 128, default config; triton 3.6 ptxas), both kernels use
-255 registers without spills and 49 KB (max sweep) / 82 KB (output kernel) of shared
-memory: two programs, 8 warps, per SM. ncu (mid, N = 32768) found the max sweep
-latency-bound (30% of issue slots busy) and the output kernel ALU-bound on the
-threshold sweeps (67%); unrolling 8 edges spilled. fp32 uses
+Compiled for sm_90 (bf16, D = 128, default config; triton 3.6 ptxas), without spills:
+the max sweep uses 128 registers and 49 KB of shared memory, so four programs (16
+warps) share an SM; the output kernel 251 registers and 82 KB, two programs. At 255
+registers and two programs, ncu (mid, N = 32768) had found the max sweep latency-bound
+(30% of issue slots busy); the output kernel is ALU-bound on the threshold sweeps (67%
+busy). Split into a sweep kernel (137 registers, three programs per SM) and an output
+kernel, the forward gained 2% at N = 32768 and lost 2-5% at N = 8192, so it stays one
+kernel; unrolling 8 edges spilled. fp32 uses
 tl.dot on FMA units ("ieee", as tf32 misses the 1e-4 bar) and spills at every D:
 correct, not fast.
 
@@ -114,6 +121,9 @@ _CENTRE_CHUNK = 32
 # tiles, and the margin (shifted units, |tau'| <= 1) subtracted for float32 rounding.
 FLOOR_SWEEPS: tl.constexpr = tl.constexpr(2)
 FLOOR_NBINS: tl.constexpr = tl.constexpr(4)
+# Its edge loop stays rolled: unrolled, the four edges' temporaries set the max sweep's
+# register peak (sm_90, triton 3.6 ptxas), though the loop runs on two tiles per block.
+FLOOR_EDGE_UNROLL: tl.constexpr = tl.constexpr(1)
 FLOOR_SLACK: tl.constexpr = tl.constexpr(1e-5)
 FLOOR_TAU_TOL: tl.constexpr = tl.constexpr(TAU_TOL)
 
@@ -300,10 +310,10 @@ def threshold_floor(q, k_base, diagonal, offs_m, offs_n, offs_d, M, N, valid_q, 
                            valid_k, qk_scale, stride_kn, stride_kd, True, HEAD_DIM, IS_CAUSAL, DOT_PRECISION,
                            USE_INT64)
             z = tl.where(tile_n >= 0, z, float("-inf"))
-            stat_f, stat_g, stat_c = tau_accumulate(z - m_shift[:, None], lo, hi, stat_f, stat_g, stat_c, inv,
-                                                    FLOOR_NBINS, ALPHA_MODE, FLOOR_NBINS)
-        lo, hi, tau_s, active = tau_update(lo, hi, tau_s, active, stat_f, stat_g, stat_c, inv, FLOOR_NBINS,
-                                           ALPHA_MODE, FLOOR_TAU_TOL)
+            stat_f, stat_g, stat_c = tau_accumulate(z, m_shift, lo, hi, stat_f, stat_g, stat_c, inv, FLOOR_NBINS,
+                                                    ALPHA_MODE, FLOOR_EDGE_UNROLL, True, True)
+        lo, hi, tau_s, active = tau_update(lo, hi, tau_s, active, stat_f, stat_g, stat_c, m_shift, inv, FLOOR_NBINS,
+                                           ALPHA_MODE, FLOOR_TAU_TOL, True)
     # FLOOR_SLACK absorbs float32 rounding of the bracket arithmetic.
     floor = tl.where((m_s > float("-inf")) & (n_s > 0), m_s + lo - FLOOR_SLACK, float("-inf"))
     return floor, m_s
@@ -378,8 +388,11 @@ def _adasplash_fwd_rowmax(
     # 2. Centre bounds (kernels/key_summary.py) for every tile, CENTRE_CHUNK tiles per
     #    product: z_ij <= qk_scale (q_i.c_J + |q_i| r_J). The slack term covers the
     #    float32 rounding of both dot products (relative 1e-4, far above it).
-    q_f32 = q.to(tl.float32)
-    q_norm = tl.sqrt(tl.sum(q_f32 * q_f32, 1))
+    #    |q_i| is the diagonal of Q.Q^T, one more small product: a float32 copy of the
+    #    Q tile for a sum of squares raised the kernel from 128 to 220 registers, which
+    #    halves the programs per SM for the whole sweep.
+    q_gram = tl.dot(q, tl.trans(q), input_precision=DOT_PRECISION)
+    q_norm = tl.sqrt(tl.sum(tl.where(offs_m[:, None] == offs_m[None, :], q_gram, 0.0), 1))
     c_base = centre_ptr + off_z * stride_cz + off_kh * stride_ch
     r_base = radius_ptr + off_z * stride_rz + off_kh * stride_rh
     offs_c = tl.arange(0, CENTRE_CHUNK)
@@ -422,6 +435,23 @@ def _adasplash_fwd_rowmax(
     row_offset = off_z * stride_mz + off_h * stride_mh + rows_m * stride_mm
     tl.store(m_ptr + row_offset, m_i, mask=offs_m < M)
     tl.store(floor_ptr + row_offset, floor_i, mask=offs_m < M)
+
+
+@triton.jit
+def sweep_tiles(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo, hi, stat_f, stat_g, stat_c,
+                offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, stride_kn, stride_kd,
+                HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                USE_INT64: tl.constexpr, BLOCK_N: tl.constexpr, NBINS: tl.constexpr, ALPHA_MODE: tl.constexpr,
+                EDGE_UNROLL: tl.constexpr, COUNTS: tl.constexpr):
+    """One threshold sweep's tail statistics over the n_listed tiles of list_ptr
+    (``list_active_tiles``), the first n_unmasked of them without a mask."""
+    for i in range(0, n_listed):
+        start_n = tl.load(list_ptr + (i + 2) * stride_ln) * BLOCK_N
+        z = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
+                       stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+        stat_f, stat_g, stat_c = tau_accumulate(z, m_shift, lo, hi, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE,
+                                                EDGE_UNROLL, COUNTS, False)
+    return stat_f, stat_g, stat_c
 
 
 @triton.jit
@@ -559,14 +589,24 @@ def _adasplash_fwd_tau_out(
         rel_skip_below = tl.min(tl.where(active, lo, float("inf")), 0)
         n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles,
                                                  first_masked, skip_below, rel_skip_below, SCAN)
-        for i in range(0, n_listed):
-            start_n = tl.load(list_ptr + (i + 2) * stride_ln) * BLOCK_N
-            z = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
-                           stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
-            stat_f, stat_g, stat_c = tau_accumulate(z - m_shift[:, None], lo, hi, stat_f, stat_g, stat_c,
-                                                    inv, NBINS, ALPHA_MODE, EDGE_UNROLL)
-        lo, hi, tau_i, active = tau_update(lo, hi, tau_i, active, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE,
-                                           tau_tol)
+        # The first sweep takes no counts (tau_update, COUNTS): two instructions fewer
+        # per entry and edge for alpha = 1.5, on the sweep over the widest bracket.
+        if sweep == 0:
+            stat_f, stat_g, stat_c = sweep_tiles(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo,
+                                                 hi, stat_f, stat_g, stat_c, offs_m, offs_n, offs_d, M, N, valid_q,
+                                                 valid_k, qk_scale, inv, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL,
+                                                 DOT_PRECISION, USE_INT64, BLOCK_N, NBINS, ALPHA_MODE, EDGE_UNROLL,
+                                                 False)
+            lo, hi, tau_i, active = tau_update(lo, hi, tau_i, active, stat_f, stat_g, stat_c, m_shift, inv, NBINS,
+                                               ALPHA_MODE, tau_tol, False)
+        else:
+            stat_f, stat_g, stat_c = sweep_tiles(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo,
+                                                 hi, stat_f, stat_g, stat_c, offs_m, offs_n, offs_d, M, N, valid_q,
+                                                 valid_k, qk_scale, inv, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL,
+                                                 DOT_PRECISION, USE_INT64, BLOCK_N, NBINS, ALPHA_MODE, EDGE_UNROLL,
+                                                 True)
+            lo, hi, tau_i, active = tau_update(lo, hi, tau_i, active, stat_f, stat_g, stat_c, m_shift, inv, NBINS,
+                                               ALPHA_MODE, tau_tol, True)
         n_active = tl.sum(active.to(tl.int32), 0)
         sweep += 1
 

@@ -21,7 +21,8 @@ Glossary
            squares, closed-form root), ALPHA_SPARSEMAX (2: identity, closed form).
 
 One *sweep* streams every (non-skipped) entry of the row once and calls
-``tau_accumulate`` per tile; ``tau_update`` then shrinks the bracket:
+``tau_accumulate`` per tile, on shifted scores y or on raw scores z with the row max
+as ``base`` (edges at base + e_j); ``tau_update`` then shrinks the bracket:
 
 1. Pick the sub-interval [a, b] = [e_j, e_{j+1}] with F_j >= 1 > F_{j+1}.
 2. Tighten it with bounds that hold for every convex decreasing f:
@@ -33,6 +34,8 @@ One *sweep* streams every (non-skipped) entry of the row once and calls
    C t^2 - 2 G t + (F-1) = 0, t = (F-1) / (G + sqrt(G^2 - C (F-1))) (no
    cancellation). The alpha = 1.5 root is also an upper bound whenever real
    (the polynomial dominates f to the right of a), alpha = 2's equals Newton.
+   A sweep that took no counts (COUNTS False, alpha = 1.5: the attention forward's
+   first) skips this step.
 4. A row is done when it is exact, or when hi - lo <= tau_tol (any alpha; the
    only stopping rule for general alpha). The attention forward takes tau_tol from
    ``tau_tolerance``: tight for float32 outputs, looser for 16-bit ones.
@@ -130,59 +133,100 @@ def tau_init(m, n, alpha, ALPHA_MODE: tl.constexpr):
 
 
 @triton.jit
-def tau_accumulate(y, lo, hi, stat_f, stat_g, stat_c, inv, NBINS: tl.constexpr, ALPHA_MODE: tl.constexpr,
-                   EDGE_UNROLL: tl.constexpr):
+def _edge_statistics(g, inv, ALPHA_MODE: tl.constexpr, SLOPE: tl.constexpr, COUNTS: tl.constexpr):
+    """Per-row (count, F, G) of one edge from g = [y - e]_+ (ROWS, COLS).
+
+    SLOPE False skips G and COUNTS False the count (zeros instead), except where
+    alpha = 2 needs the count as G. The count reads g's bits: g >= 0 is never -0.0
+    (y - e is +0.0 where y == e), so min(bits, 1) is 1 exactly where g > 0: one integer
+    min and add per entry, where a sum of (g > 0) cast to int32 compiled to bit
+    packing, about five instructions (sm_90, triton 3.6).
+    """
+    if ALPHA_MODE == 2:
+        count = tl.sum(tl.minimum(g.to(tl.int32, bitcast=True), 1), 1)
+        f_j = tl.sum(g, 1)
+        g_j = count.to(tl.float32)
+    elif ALPHA_MODE == 1:
+        if COUNTS:
+            count = tl.sum(tl.minimum(g.to(tl.int32, bitcast=True), 1), 1)
+        else:
+            count = tl.zeros([g.shape[0]], tl.int32)
+        f_j = tl.sum(g * g, 1)
+        if SLOPE:
+            g_j = tl.sum(g, 1)
+        else:
+            g_j = tl.zeros([g.shape[0]], tl.float32)
+    else:
+        # q = g^(INV-1) so that g^INV = q * g: one exp2/log2 pair per entry.
+        positive = g > 0.0
+        q = tl.where(positive, tl.exp2((inv - 1.0) * tl.log2(tl.where(positive, g, 1.0))), 0.0)
+        count = tl.zeros([g.shape[0]], tl.int32)  # unused: no closed form
+        f_j = tl.sum(q * g, 1)
+        if SLOPE:
+            g_j = tl.sum(q, 1)
+        else:
+            g_j = tl.zeros([g.shape[0]], tl.float32)
+    return count, f_j, g_j
+
+
+@triton.jit
+def tau_accumulate(z, base, lo, hi, stat_f, stat_g, stat_c, inv, NBINS: tl.constexpr, ALPHA_MODE: tl.constexpr,
+                   EDGE_UNROLL: tl.constexpr, COUNTS: tl.constexpr, TOP_SLOPE: tl.constexpr):
     """Add one tile's tail statistics at every edge of [lo, hi].
 
-    y: (ROWS, COLS) shifted scores, -inf where masked. lo, hi: (ROWS,).
+    z: (ROWS, COLS) scores, -inf where masked; base: (ROWS,) the row's shift (its max,
+    or 0 for scores already shifted), so that edge j sits at base + e_j, the very value
+    ``tau_update`` recomputes. Adding the shift to the edges rather than subtracting it
+    from every entry saves one instruction per entry. lo, hi: (ROWS,).
     stat_f, stat_g: (ROWS, NBINS) float32; stat_c: (ROWS, NBINS) int32.
-    Per entry and edge this costs one subtract, one max and 2 to 4 adds
-    (plus exp2/log2 for general alpha); the (ROWS, NBINS) updates are per row.
-    The count reads g's bits: g >= 0 is never -0.0 (y - e is +0.0 where y == e), so
-    min(bits, 1) is 1 exactly where g > 0. One integer min and add per entry, where a
-    sum of (g > 0) cast to int32 compiled to bit packing, about five instructions
-    (sm_90, triton 3.6).
+    Per entry and edge this costs one subtract, one max and 2 to 4 adds (plus
+    exp2/log2 for general alpha); the (ROWS, NBINS) updates are per row. TOP_SLOPE False
+    skips G at the top edge, which ``tau_update`` never reads (a row whose root lies at
+    or above it ends at hi): one add per entry fewer, but the top edge then leaves the
+    edge loop, which costs registers (the max sweep's floor keeps TOP_SLOPE: peeled, it
+    needed 132 registers, past the 128 that let four programs share an SM). COUNTS
+    False skips every count for alpha = 1.5, see ``tau_update``.
     EDGE_UNROLL is the unroll factor of the edge loop: unrolled (NBINS), the
     edges' (ROWS, COLS) temporaries interleave and can exceed 255 registers
     (sm_90, 64 x 64 tiles, 4 warps); rolled (1), nothing spills.
     """
     cols = tl.arange(0, NBINS)[None, :]
     width = hi - lo
-    for j in tl.range(0, NBINS, loop_unroll_factor=EDGE_UNROLL):
+    LOOP_EDGES: tl.constexpr = NBINS - 1 + TOP_SLOPE
+    # A factor above the trip count would leave the edges in a rolled remainder loop.
+    UNROLL: tl.constexpr = EDGE_UNROLL if EDGE_UNROLL < LOOP_EDGES else LOOP_EDGES
+    for j in tl.range(0, LOOP_EDGES, loop_unroll_factor=UNROLL):
         # tau_edge(lo, hi, j, NBINS) inlined (a nested jit call is slow under the
         # interpreter, and this runs per tile and edge); same arithmetic, so
         # tau_update recomputes the very same edges.
-        e = lo + width * (j / (NBINS - 1))
-        g = tl.maximum(y - e[:, None], 0.0)
-        if ALPHA_MODE == 2:
-            count = tl.sum(tl.minimum(g.to(tl.int32, bitcast=True), 1), 1)
-            f_j = tl.sum(g, 1)
-            g_j = count.to(tl.float32)
-        elif ALPHA_MODE == 1:
-            count = tl.sum(tl.minimum(g.to(tl.int32, bitcast=True), 1), 1)
-            f_j = tl.sum(g * g, 1)
-            g_j = tl.sum(g, 1)
-        else:
-            # q = g^(INV-1) so that g^INV = q * g: one exp2/log2 pair per entry.
-            positive = g > 0.0
-            q = tl.where(positive, tl.exp2((inv - 1.0) * tl.log2(tl.where(positive, g, 1.0))), 0.0)
-            count = tl.zeros_like(lo).to(tl.int32)  # unused: no closed form
-            f_j = tl.sum(q * g, 1)
-            g_j = tl.sum(q, 1)
+        e = base + (lo + width * (j / (NBINS - 1)))
+        count, f_j, g_j = _edge_statistics(tl.maximum(z - e[:, None], 0.0), inv, ALPHA_MODE, True, COUNTS)
         hit = cols == j
         stat_f += tl.where(hit, f_j[:, None], 0.0)
         stat_g += tl.where(hit, g_j[:, None], 0.0)
+        stat_c += tl.where(hit, count[:, None], 0)
+    if not TOP_SLOPE:
+        top = base + (lo + width)  # tau_edge(lo, hi, NBINS - 1, NBINS), as tau_update computes it
+        count, f_j, _ = _edge_statistics(tl.maximum(z - top[:, None], 0.0), inv, ALPHA_MODE, False, COUNTS)
+        hit = cols == NBINS - 1
+        stat_f += tl.where(hit, f_j[:, None], 0.0)
         stat_c += tl.where(hit, count[:, None], 0)
     return stat_f, stat_g, stat_c
 
 
 @triton.jit
-def tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, inv, NBINS: tl.constexpr, ALPHA_MODE: tl.constexpr,
-               tau_tol):
+def tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, base, inv, NBINS: tl.constexpr,
+               ALPHA_MODE: tl.constexpr, tau_tol, COUNTS: tl.constexpr):
     """Shrink the bracket from one sweep's statistics; returns (lo, hi, tau', active).
 
     Only active rows change; rows that finish here drop out of ``active``; tau_tol is
-    the stopping width (a float32 scalar or constexpr, see ``tau_tolerance``).
+    the stopping width (a float32 scalar or constexpr, see ``tau_tolerance``). base is
+    ``tau_accumulate``'s: the statistics were taken at base + e_j, so the edges used here
+    are (base + e_j) - base, which differ from e_j by the rounding of the sum (exactly
+    e_j for base = 0). COUNTS False (alpha = 1.5: a sweep that took no counts) drops the
+    closed form and the exactness test, leaving Newton and the secant; on the first
+    sweep, where the bracket still holds many entries, they are rarely decisive
+    (simulated on the benchmark workloads: no row block needed another sweep).
     """
     TINY: tl.constexpr = 1e-30  # keeps guarded divisions finite; never a real slope
     cols = tl.arange(0, NBINS)[None, :]
@@ -198,8 +242,8 @@ def tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, inv, NBINS: tl.const
     ga = tl.sum(tl.where(pick_lo, stat_g, 0.0), 1)
     ca = tl.sum(tl.where(pick_lo, stat_c, 0), 1)
     cb = tl.sum(tl.where(pick_hi, stat_c, 0), 1)
-    a = tau_edge(lo, hi, j_lo.to(tl.float32), NBINS)
-    b = tl.where(at_top, hi, tau_edge(lo, hi, j_hi.to(tl.float32), NBINS))
+    a = (base + tau_edge(lo, hi, j_lo.to(tl.float32), NBINS)) - base
+    b = tl.where(at_top, hi, (base + tau_edge(lo, hi, j_hi.to(tl.float32), NBINS)) - base)
 
     # Newton from a: tangent below the convex f, so a lower bound on tau'.
     if ALPHA_MODE == 2:
@@ -213,7 +257,7 @@ def tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, inv, NBINS: tl.const
     secant = a + (b - a) * (fa / tl.maximum(fa - fb, TINY))
     new_lo = tl.minimum(tl.maximum(newton, a), b)
     new_hi = tl.minimum(secant, b)
-    if ALPHA_MODE == 1:
+    if (ALPHA_MODE == 1) and COUNTS:
         disc = ga * ga - ca.to(tl.float32) * fa
         closed = a + fa / tl.maximum(ga + tl.sqrt(tl.maximum(disc, 0.0)), TINY)
         new_hi = tl.where(disc >= 0.0, tl.minimum(new_hi, closed), new_hi)
@@ -226,7 +270,7 @@ def tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, inv, NBINS: tl.const
         exact = at_top
     new_hi = tl.maximum(new_hi, new_lo)
     estimate = tl.minimum(tl.maximum(closed, new_lo), new_hi)
-    if ALPHA_MODE != 0:
+    if (ALPHA_MODE == 2) or ((ALPHA_MODE == 1) and COUNTS):
         # The closed form is exact on [a, b] even where bounds rounded past it.
         estimate = tl.where(exact, tl.minimum(tl.maximum(closed, a), b), estimate)
     estimate = tl.where(at_top, hi, estimate)

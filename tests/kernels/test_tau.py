@@ -22,14 +22,24 @@ pytestmark = BOTH_BACKENDS
 
 @triton.jit
 def _tau_trace(z_ptr, trace_ptr, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: tl.constexpr,
-               ALPHA_MODE: tl.constexpr, NBINS: tl.constexpr, MAX_SWEEPS: tl.constexpr, TAU_TOL: tl.constexpr):
-    """trace[s, k, r] for sweep s (0 = after tau_init), k in (lo, hi, tau', active), row r."""
+               ALPHA_MODE: tl.constexpr, NBINS: tl.constexpr, MAX_SWEEPS: tl.constexpr, TAU_TOL: tl.constexpr,
+               BASE: tl.constexpr, FIRST_COUNTS: tl.constexpr, TOP_SLOPE: tl.constexpr):
+    """trace[s, k, r] for sweep s (0 = after tau_init), k in (lo, hi, tau', active), row r.
+
+    BASE: the sweeps take raw z and the row max as base (as the attention forward does),
+    else pre-shifted scores and base 0. FIRST_COUNTS: whether sweep 1 takes counts."""
     rows = tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_L)
     z = tl.load(z_ptr + rows[:, None] * L + cols[None, :], mask=cols[None, :] < L, other=float("-inf"))
     m = tl.max(z, 1)
     n = tl.sum((z > float("-inf")).to(tl.int32), 1)
-    y = z - tl.where(m > float("-inf"), m, 0.0)[:, None]
+    m_shift = tl.where(m > float("-inf"), m, 0.0)
+    if BASE:
+        y = z
+        base = m_shift
+    else:
+        y = z - m_shift[:, None]
+        base = tl.zeros_like(m_shift)
     lo, hi, tau, active = tau_init(m, n, alpha, ALPHA_MODE)
     tl.store(trace_ptr + 0 * ROWS + rows, lo)
     tl.store(trace_ptr + 1 * ROWS + rows, hi)
@@ -39,22 +49,30 @@ def _tau_trace(z_ptr, trace_ptr, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: tl.
         stat_f = tl.zeros([ROWS, NBINS], tl.float32)
         stat_g = tl.zeros([ROWS, NBINS], tl.float32)
         stat_c = tl.zeros([ROWS, NBINS], tl.int32)
-        stat_f, stat_g, stat_c = tau_accumulate(y, lo, hi, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE, 1)
-        lo, hi, tau, active = tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE,
-                                         TAU_TOL)
-        base = trace_ptr + sweep * 4 * ROWS
-        tl.store(base + 0 * ROWS + rows, lo)
-        tl.store(base + 1 * ROWS + rows, hi)
-        tl.store(base + 2 * ROWS + rows, tau)
-        tl.store(base + 3 * ROWS + rows, active.to(tl.float32))
+        # sweep is a constexpr (static_range), so the counts flag is one per sweep.
+        stat_f, stat_g, stat_c = tau_accumulate(y, base, lo, hi, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE, 1,
+                                                FIRST_COUNTS or sweep > 1, TOP_SLOPE)
+        lo, hi, tau, active = tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, base, inv, NBINS, ALPHA_MODE,
+                                         TAU_TOL, FIRST_COUNTS or sweep > 1)
+        out = trace_ptr + sweep * 4 * ROWS
+        tl.store(out + 0 * ROWS + rows, lo)
+        tl.store(out + 1 * ROWS + rows, hi)
+        tl.store(out + 2 * ROWS + rows, tau)
+        tl.store(out + 3 * ROWS + rows, active.to(tl.float32))
 
 
-def trace_tau(z, alpha, nbins=8, sweeps=5):
+# (BASE, FIRST_COUNTS, TOP_SLOPE): the entmax kernel's sweeps, and the attention forward's.
+ENTMAX_SWEEPS = (False, True, True)
+ATTENTION_SWEEPS = (True, False, False)
+
+
+def trace_tau(z, alpha, nbins=8, sweeps=5, variant=ENTMAX_SWEEPS):
     rows, length = z.shape
     trace = torch.empty(sweeps + 1, 4, rows, device=z.device)
+    base, first_counts, top_slope = variant
     _tau_trace[(1,)](z.contiguous(), trace, length, alpha, 1.0 / (alpha - 1.0), ROWS=rows,
                      BLOCK_L=triton.next_power_of_2(length), ALPHA_MODE=alpha_mode(alpha), NBINS=nbins,
-                     MAX_SWEEPS=sweeps, TAU_TOL=TAU_TOL)
+                     MAX_SWEEPS=sweeps, TAU_TOL=TAU_TOL, BASE=base, FIRST_COUNTS=first_counts, TOP_SLOPE=top_slope)
     lo, hi, tau, active = trace.unbind(1)
     return lo, hi, tau, active > 0
 
@@ -73,15 +91,19 @@ def rows_of(kind, length):
         return torch.randn(16, length) * 6
     if kind == "ties":
         return torch.randint(0, 4, (16, length)).float() * 0.25
+    if kind == "offset":
+        # Far from 0: the attention sweeps add the row max to the edges, which rounds them.
+        return torch.randn(16, length) + 12.0
     return torch.randn(16, length) * 0.02  # "flat": everything inside the first bracket
 
 
-@pytest.mark.parametrize("kind", ["gauss", "wide", "ties", "flat"])
+@pytest.mark.parametrize("variant", [ENTMAX_SWEEPS, ATTENTION_SWEEPS], ids=["entmax", "attention"])
+@pytest.mark.parametrize("kind", ["gauss", "wide", "ties", "flat", "offset"])
 @pytest.mark.parametrize("alpha", [1.05, 1.25, 1.5, 1.75, 2.0])
-def test_bracket_invariants_and_convergence(alpha, kind, backend):
+def test_bracket_invariants_and_convergence(alpha, kind, variant, backend):
     scores = rows_of(kind, 200).to(DEVICE)
     z = (alpha - 1.0) * scores
-    lo, hi, tau, active = trace_tau(z, alpha)
+    lo, hi, tau, active = trace_tau(z, alpha, variant=variant)
     y = (z - z.amax(-1, keepdim=True)).cpu()
     lo, hi, tau, active = lo.cpu(), hi.cpu(), tau.cpu(), active.cpu()
     # Every sweep keeps the root inside [lo, hi] (f(lo) >= 0 >= f(hi), up to float32
