@@ -185,12 +185,12 @@ def _entmax_fwd(
         stat_g = tl.zeros([BLOCK_R, NBINS], tl.float32)
         stat_c = tl.zeros([BLOCK_R, NBINS], tl.int32)
         if SINGLE_CHUNK:
-            stat_f, stat_g, stat_c = tau_accumulate(z - m_shift[:, None], 0.0, lo, hi, stat_f, stat_g, stat_c,
+            stat_f, stat_g, stat_c = tau_accumulate(z - m_shift[:, None], 1.0, 0.0, lo, hi, stat_f, stat_g, stat_c,
                                                     inv, NBINS, ALPHA_MODE, EDGE_UNROLL, True, True)
         else:
             for start in range(0, L, BLOCK_L):
                 zc = load_z_chunk(x_rows, start + cols, L, row_ok, stride_xl, alpha_m1, USE_INT64)
-                stat_f, stat_g, stat_c = tau_accumulate(zc - m_shift[:, None], 0.0, lo, hi, stat_f, stat_g, stat_c,
+                stat_f, stat_g, stat_c = tau_accumulate(zc - m_shift[:, None], 1.0, 0.0, lo, hi, stat_f, stat_g, stat_c,
                                                         inv, NBINS, ALPHA_MODE, EDGE_UNROLL, True, True)
         lo, hi, tau_i, active = tau_update(lo, hi, tau_i, active, stat_f, stat_g, stat_c, 0.0, inv, NBINS,
                                            ALPHA_MODE, TAU_TOL, True)

@@ -55,12 +55,17 @@ one program per (Z, H, BLOCK_M rows):
      loop ends as soon as every row of the block has converged: exactly, or to a
      bracket of width ``tau_tol`` (kernels/tau.py ``tau_tolerance``: 2^-20 for
      float32 outputs, 2^-15 for bf16 at alpha = 1.5, far below their rounding).
-     The sweeps add the row max to the edges instead of subtracting it from every
-     score, and the first takes no counts (``tau_update``, COUNTS): per tile and
-     thread, 704 instructions for the first sweep and 951 for later ones, against
-     1019 when every sweep subtracted the max and counted (SASS, unmasked path).
-   - output: p = [z - TAU]_+^INV, acc += p.V, l += sum p, out = acc / l (0 where
-     l = 0), over the tiles with bound > min TAU and rel_bound > min (TAU - m);
+     The sweeps take Q.K^T unscaled and add the row max to the edges, so that per
+     entry and edge the scale, the shift, the subtract and the max are one clamped
+     multiply-add (``half_tail_gap``, FFMA.SAT), and the first takes no counts
+     (``tau_update``, COUNTS): per tile and thread, 558 instructions for the first
+     sweep and 803 for later ones, against 703 and 949 with a scale per entry and a
+     subtract and max per entry and edge (SASS, unmasked path). The max moved off
+     the ALU pipe, which had bound the sweeps (724 of its cycles against 492 on the
+     FMA pipe per counted tile, at half the issue rate).
+   - output: p = [z - TAU]_+^INV up to a constant factor (``half_tail_gap`` again),
+     acc += p.V, l += sum p, out = acc / l (0 where l = 0), over the tiles with
+     bound > min TAU and rel_bound > min (TAU - m);
      each visited tile writes its tile_max, so the backward visits exactly the
      tiles holding a nonzero of P.
    Before each sweep and the output pass, ``list_active_tiles`` compacts the
@@ -72,14 +77,14 @@ one program per (Z, H, BLOCK_M rows):
 
 Compiled for sm_90 (bf16, D = 128, default config; triton 3.6 ptxas), without spills:
 the max sweep uses 128 registers and 49 KB of shared memory, so four programs (16
-warps) share an SM; the output kernel 251 registers and 82 KB, two programs. At 255
+warps) share an SM; the output kernel 255 registers and 82 KB, two programs. At 255
 registers and two programs, ncu (mid, N = 32768) had found the max sweep latency-bound
-(30% of issue slots busy); the output kernel is ALU-bound on the threshold sweeps (67%
-busy). Split into a sweep kernel (137 registers, three programs per SM) and an output
-kernel, the forward gained 2% at N = 32768 and lost 2-5% at N = 8192, so it stays one
-kernel; unrolling 8 edges spilled. fp32 uses
-tl.dot on FMA units ("ieee", as tf32 misses the 1e-4 bar) and spills at every D:
-correct, not fast.
+(30% of issue slots busy); the output kernel was ALU-bound on the threshold sweeps (67%
+busy) before their max moved into the FMA pipe's FFMA.SAT. Split into a sweep kernel
+(137 registers, three programs per SM) and an output kernel, the forward gained 2% at
+N = 32768 and lost 2-5% at N = 8192, so it stays one kernel; unrolling 8 edges spilled.
+fp32 uses tl.dot on FMA units ("ieee", as tf32 misses the 1e-4 bar) and spills at
+every D: correct, not fast.
 
 Launch contract (torch.compile / CUDA graphs): the launcher only allocates with
 torch.empty*/full and launches kernels through ``wrap`` (``torch.library.wrap_triton``
@@ -99,6 +104,7 @@ from adasplash_compile.kernels.tau import (
     TAU_TOL,
     alpha_mode,
     entmax_power,
+    half_tail_gap,
     tau_accumulate,
     tau_init,
     tau_tolerance,
@@ -261,10 +267,10 @@ def score_tile(q, k_ptr, start_n, offs_m, offs_n_base, offs_d, M, N, valid_q, va
 
 
 @triton.jit
-def store_tile_bounds(bound_row, rel_row, tile_n, stride_tn, z, m_i, floor_i):
-    """Store a computed tile's bound and relative bound, or -inf twice if no entry of the
-    tile exceeds its row's floor (then the tile holds no nonzero of P and not the max)."""
-    row_max = tl.max(z, 1)
+def store_tile_bounds(bound_row, rel_row, tile_n, stride_tn, row_max, m_i, floor_i):
+    """Store a computed tile's bound and relative bound from its rows' max z, or -inf twice
+    if no entry of the tile exceeds its row's floor (then the tile holds no nonzero of P
+    and not the max)."""
     # The running max never exceeds the final one, so row_max - m_i bounds the tile's
     # shifted scores z - m from above; -inf where the row sees none of the tile.
     rel = tl.where(row_max > float("-inf"), row_max - m_i, float("-inf"))
@@ -310,7 +316,7 @@ def threshold_floor(q, k_base, diagonal, offs_m, offs_n, offs_d, M, N, valid_q, 
                            valid_k, qk_scale, stride_kn, stride_kd, True, HEAD_DIM, IS_CAUSAL, DOT_PRECISION,
                            USE_INT64)
             z = tl.where(tile_n >= 0, z, float("-inf"))
-            stat_f, stat_g, stat_c = tau_accumulate(z, m_shift, lo, hi, stat_f, stat_g, stat_c, inv, FLOOR_NBINS,
+            stat_f, stat_g, stat_c = tau_accumulate(z, 1.0, m_shift, lo, hi, stat_f, stat_g, stat_c, inv, FLOOR_NBINS,
                                                     ALPHA_MODE, FLOOR_EDGE_UNROLL, True, True)
         lo, hi, tau_s, active = tau_update(lo, hi, tau_s, active, stat_f, stat_g, stat_c, m_shift, inv, FLOOR_NBINS,
                                            ALPHA_MODE, FLOOR_TAU_TOL, True)
@@ -424,10 +430,13 @@ def _adasplash_fwd_rowmax(
                                              SCAN)
     for i in range(0, n_listed):
         tile_n = tl.load(list_ptr + (i + 2) * stride_ln)
-        z = score_tile(q, k_base, tile_n * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
-                       stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
-        m_i = tl.maximum(m_i, tl.max(z, 1))
-        store_tile_bounds(bound_row, rel_row, tile_n, stride_tn, z, m_i, floor_i)
+        # Scaling by qk_scale > 0 commutes with the max, rounding included: one multiply
+        # per row instead of one per entry.
+        qk = score_tile(q, k_base, tile_n * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
+                        stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+        row_max = tl.max(qk, 1) * qk_scale
+        m_i = tl.maximum(m_i, row_max)
+        store_tile_bounds(bound_row, rel_row, tile_n, stride_tn, row_max, m_i, floor_i)
     # Tiles past the last visible key, padding included, hold no visible entry.
     for tile_n in range(n_tiles, n_tile_cols):
         tl.store(bound_row + tile_n * stride_tn, float("-inf"))
@@ -447,10 +456,11 @@ def sweep_tiles(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, l
     (``list_active_tiles``), the first n_unmasked of them without a mask."""
     for i in range(0, n_listed):
         start_n = tl.load(list_ptr + (i + 2) * stride_ln) * BLOCK_N
-        z = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
-                       stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
-        stat_f, stat_g, stat_c = tau_accumulate(z, m_shift, lo, hi, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE,
-                                                EDGE_UNROLL, COUNTS, False)
+        # Unscaled: tau_accumulate folds qk_scale into its one multiply-add per entry and edge.
+        qk = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
+                        stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+        stat_f, stat_g, stat_c = tau_accumulate(qk, qk_scale, m_shift, lo, hi, stat_f, stat_g, stat_c, inv, NBINS,
+                                                ALPHA_MODE, EDGE_UNROLL, COUNTS, False)
     return stat_f, stat_g, stat_c
 
 
@@ -533,6 +543,7 @@ def _adasplash_fwd_tau_out(
     qk_scale = tl.cast(qk_scale, tl.float32)
     alpha = tl.cast(alpha, tl.float32)
     inv = tl.cast(inv, tl.float32)
+    tau_tol = tl.cast(tau_tol, tl.float32)
     tl.static_assert(BLOCK_M == 64, "BLOCK_M must equal TILE_M: one program row block = one tile row")
     tl.static_assert(BLOCK_N == 64, "BLOCK_N must equal TILE_N: one key step = one tile")
     tl.static_assert((NBINS >= 2) and ((NBINS & (NBINS - 1)) == 0), "NBINS must be a power of two >= 2")
@@ -624,15 +635,22 @@ def _adasplash_fwd_tau_out(
     for i in range(0, n_listed):
         tile_n = tl.load(list_ptr + (i + 2) * stride_ln)
         start_n = tile_n * BLOCK_N
-        z = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
-                       stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
-        # +inf thresholds (rows that see nothing) give z - tau = -inf -> p = 0.
-        gap = z - tau_i[:, None]
-        p = entmax_power(tl.maximum(gap, 0.0), inv, ALPHA_MODE)
+        qk = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
+                        stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+        # half_tail_gap takes the scale, the subtract and the max in one instruction. Its
+        # half gap gives p / 4 (alpha = 1.5) or p / 2 (alpha = 2): the factor cancels in
+        # out = acc / l. Other alphas double it back: 2^-INV would push p out of fp16's
+        # range (and, towards alpha = 1, float32's). +inf thresholds (rows that see
+        # nothing) give -inf -> p = 0.
+        gap = half_tail_gap(qk, qk_scale, tau_i)
+        if ALPHA_MODE == 0:
+            gap = gap + gap
+        p = entmax_power(gap, inv, ALPHA_MODE)
         l_i += tl.sum(p, 1)
         # A row's largest z among its nonzeros is its largest z, if that one is nonzero:
-        # one max per entry instead of a compare, a select and a max.
-        row_max = tl.max(z, 1)
+        # one max per entry instead of a compare, a select and a max. Scaling by
+        # qk_scale > 0 commutes with the max, rounding included.
+        row_max = tl.max(qk, 1) * qk_scale
         support_max = tl.max(tl.where(row_max > tau_i, row_max, float("-inf")), 0)
         tl.store(tile_max_row + tile_n * stride_tn, support_max)
         cols = start_n + offs_n

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from adasplash_compile import reference
-from adasplash_compile.kernels.tau import TAU_TOL, alpha_mode, tau_accumulate, tau_init, tau_update
+from adasplash_compile.kernels.tau import TAU_TOL, alpha_mode, half_tail_gap, tau_accumulate, tau_init, tau_update
 from tests.conftest import BOTH_BACKENDS, DEVICE
 
 pytestmark = BOTH_BACKENDS
@@ -50,7 +50,7 @@ def _tau_trace(z_ptr, trace_ptr, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: tl.
         stat_g = tl.zeros([ROWS, NBINS], tl.float32)
         stat_c = tl.zeros([ROWS, NBINS], tl.int32)
         # sweep is a constexpr (static_range), so the counts flag is one per sweep.
-        stat_f, stat_g, stat_c = tau_accumulate(y, base, lo, hi, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE, 1,
+        stat_f, stat_g, stat_c = tau_accumulate(y, 1.0, base, lo, hi, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE, 1,
                                                 FIRST_COUNTS or sweep > 1, TOP_SLOPE)
         lo, hi, tau, active = tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, base, inv, NBINS, ALPHA_MODE,
                                          TAU_TOL, FIRST_COUNTS or sweep > 1)
@@ -59,6 +59,27 @@ def _tau_trace(z_ptr, trace_ptr, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: tl.
         tl.store(out + 1 * ROWS + rows, hi)
         tl.store(out + 2 * ROWS + rows, tau)
         tl.store(out + 3 * ROWS + rows, active.to(tl.float32))
+
+
+@triton.jit
+def _half_gap(z_ptr, e_ptr, h_ptr, scale, ROWS: tl.constexpr, COLS: tl.constexpr):
+    offs = tl.arange(0, ROWS)[:, None] * COLS + tl.arange(0, COLS)[None, :]
+    h = half_tail_gap(tl.load(z_ptr + offs), scale, tl.load(e_ptr + tl.arange(0, ROWS)))
+    tl.store(h_ptr + offs, h)
+
+
+def test_half_tail_gap_is_half_the_clamped_gap_and_never_negative_zero(backend):
+    # Compiled, the clamp folds into the multiply-add (FFMA.SAT); the interpreter runs numpy.
+    z = torch.tensor([[-0.0, 0.0, 1e-30, -1e-30, 2.5, -2.5, float("-inf"), 3.0]] * 4)
+    e = torch.tensor([0.0, -0.0, 1.25, -1.5])
+    scale = 1.5
+    h = torch.empty_like(z, device=DEVICE)
+    _half_gap[(1,)](z.to(DEVICE), e.to(DEVICE), h, scale, ROWS=4, COLS=8)
+    h = h.cpu()
+    expected = ((z.double() * scale - e.double()[:, None]) / 2).clamp(0.0, 1.0)
+    assert torch.allclose(h.double(), expected, rtol=2e-7, atol=0.0)
+    assert not torch.signbit(h).any(), "h = -0.0 would break the count's bit trick"
+    assert (h > 0).sum().item() == (expected > 0).sum().item()
 
 
 # (BASE, FIRST_COUNTS, TOP_SLOPE): the entmax kernel's sweeps, and the attention forward's.
@@ -121,6 +142,36 @@ def test_bracket_invariants_and_convergence(alpha, kind, variant, backend):
     assert not active[-1].any(), "every row converges within 5 sweeps"
     expected = reference.solve_tau(z.cpu().double(), alpha)[:, 0] - z.cpu().double().amax(-1)
     assert (tau[-1].double() - expected).abs().max().item() <= 2e-6
+
+
+def test_counted_sweeps_raise_lo_to_the_lower_quadratic_bound(backend):
+    # alpha = 1.5: on the bin [a, b] holding the root, f'' >= 2 * C_b, so the root of
+    # C_b s^2 - 2 G_a s + f(a) bounds tau' - a from below; recomputed here in float64
+    # from each sweep's bracket. Newton alone (C_b = 0) stays below it wherever C_b > 0.
+    nbins = 4
+    z = (0.5 * torch.randn(64, 2048, generator=torch.Generator().manual_seed(0))).to(DEVICE)
+    lo, hi, tau, active = trace_tau(z, 1.5, nbins=nbins, sweeps=3, variant=ATTENTION_SWEEPS)
+    y = (z - z.amax(-1, keepdim=True)).cpu().double()
+    lo, hi, active = lo.cpu().double(), hi.cpu().double(), active.cpu()
+    checked = 0
+    for sweep in (2, 3):  # sweep 1 takes no counts
+        rows = active[sweep - 1]
+        edges = lo[sweep - 1][:, None] + (hi - lo)[sweep - 1][:, None] * torch.arange(nbins) / (nbins - 1)
+        gap = (y[:, None, :] - edges[:, :, None]).clamp_min(0)
+        f = (gap * gap).sum(-1) - 1.0
+        j = (f >= 0).sum(-1) - 1
+        # Skip rows whose bin float32 rounding might pick differently.
+        rows &= (f.abs() > 1e-4).all(-1) & (j >= 0) & (j < nbins - 1)
+        j = j.clamp(0, nbins - 2)
+        pick = lambda t, k: t.gather(1, (j + k)[:, None])[:, 0]
+        fa, ga = pick(f, 0), pick(gap.sum(-1), 0)
+        cb = pick((gap > 0).sum(-1).double(), 1)
+        a = pick(edges, 0)
+        quadratic = a + fa / (ga + (ga * ga - cb * fa).clamp_min(0).sqrt())
+        newton = a + fa / (2 * ga)
+        assert (lo[sweep][rows] >= quadratic[rows] - 1e-6).all()
+        checked += int((rows & (quadratic > newton + 1e-5)).sum())
+    assert checked >= 16  # rows where the bound is strictly tighter than Newton's
 
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
