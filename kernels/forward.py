@@ -19,8 +19,8 @@ Glossary
   floor      per-row lower bound on TAU (scratch, from kernel 1), at least m' - 1
              for the max m' of the rows' two local tiles
   bound, rel_bound  scratch per tile: upper bounds on the tile's z and on its shifted
-             scores z - m, or both -inf for a tile with no entry above its rows'
-             floors (see kernel 1)
+             scores z - m in the rows that reach above their floors, or both -inf
+             for a tile with no entry above its rows' floors (see kernel 1)
   BLOCK_M, BLOCK_N   query rows per program, keys per step; both equal the tile
              (64), so one step covers exactly one tile
   NBINS, MAX_SWEEPS  edges per threshold sweep; sweeps at most (the first is the
@@ -41,11 +41,13 @@ one program per (Z, H, BLOCK_M rows):
    - exact scores only for tiles whose bound exceeds some row's floor, in ascending
      order; the tiles before ``first_masked_tile`` (kernels/masking.py), which every
      row of the block sees whole, skip the per-entry mask here and in kernel 2.
-   It writes the row max m and floor, and per tile ``bound`` = max z and
-   ``rel_bound`` = max over the tile of (row max within the tile - running row max):
-   the running max never exceeds the final m, so rel_bound >= max (z - m), a bound
-   free of the row-to-row spread of m. A tile with nothing above its rows' floors
-   holds no nonzero of P and not the max: both bounds -inf, no later pass visits it.
+   It writes the row max m and floor, and per tile, over the rows whose max within
+   the tile exceeds their floor (the others hold nothing a later pass uses),
+   ``bound`` = the max of that row max and ``rel_bound`` = the max of (row max within
+   the tile - running row max): the running max never exceeds the final m, so
+   rel_bound >= max (z - m) over those rows, a bound free of the row-to-row spread of
+   m. A tile with nothing above its rows' floors holds no nonzero of P and not the
+   max: both bounds -inf, no later pass visits it.
 2. ``_adasplash_fwd_tau_out``: threshold sweeps, then the output pass, all block-sparse:
    - sweep k visits only tiles with bound > min over the block's still active rows
      of (m + lo) and rel_bound > min of lo: a tile whose entries all lie at or
@@ -267,16 +269,27 @@ def score_tile(q, k_ptr, start_n, offs_m, offs_n_base, offs_d, M, N, valid_q, va
 
 
 @triton.jit
+def _pairwise_max(bound_a, rel_a, bound_b, rel_b):
+    return tl.maximum(bound_a, bound_b), tl.maximum(rel_a, rel_b)
+
+
+@triton.jit
 def store_tile_bounds(bound_row, rel_row, tile_n, stride_tn, row_max, m_i, floor_i):
-    """Store a computed tile's bound and relative bound from its rows' max z, or -inf twice
-    if no entry of the tile exceeds its row's floor (then the tile holds no nonzero of P
-    and not the max)."""
-    # The running max never exceeds the final one, so row_max - m_i bounds the tile's
-    # shifted scores z - m from above; -inf where the row sees none of the tile.
-    rel = tl.where(row_max > float("-inf"), row_max - m_i, float("-inf"))
-    relevant = tl.max((row_max > floor_i).to(tl.int32), 0) > 0
-    tl.store(bound_row + tile_n * stride_tn, tl.where(relevant, tl.max(row_max, 0), float("-inf")))
-    tl.store(rel_row + tile_n * stride_tn, tl.where(relevant, tl.max(rel, 0), float("-inf")))
+    """Store a computed tile's bound and relative bound: the max over its rows whose max z
+    exceeds their floor of that max z, and of its excess over the running row max (-inf
+    twice if there is no such row: then the tile holds no nonzero of P and not the max).
+
+    Rows at or below their floor hold nothing the sweeps or the output pass could use, so
+    they stay out. The running max never exceeds the final one, so row_max - m_i bounds
+    the rows' shifted scores z - m from above. One two-operand reduction across the
+    block's warps, where three (bound, relative bound, any row relevant) cost a barrier
+    round trip each per tile.
+    """
+    relevant = row_max > floor_i
+    bound, rel = tl.reduce((tl.where(relevant, row_max, float("-inf")),
+                            tl.where(relevant, row_max - m_i, float("-inf"))), 0, _pairwise_max)
+    tl.store(bound_row + tile_n * stride_tn, bound)
+    tl.store(rel_row + tile_n * stride_tn, rel)
 
 
 @triton.jit

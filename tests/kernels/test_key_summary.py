@@ -66,14 +66,23 @@ def _check_max_sweep(q, k, scale, alpha=1.5):
         return x.view(*x.shape[:2], t, 64, t, 64).amax((3, 5))
 
     tile_top = per_tile(z)
-    tile_rel = per_tile(z - exact_max[..., None])
+    # The bounds cover the rows whose max within the tile exceeds their floor (by more
+    # than float32 rounding here): per (row, tile) maxima, then the max over such rows.
+    padded = torch.nn.functional.pad(z, (0, pad, 0, pad), value=float("-inf"))
+    row_tile_max = padded.view(*z.shape[:2], t * 64, t, 64).amax(-1)
+    row_floor = torch.nn.functional.pad(floor.double(), (0, pad), value=float("inf"))[..., None]
+    row_m = torch.nn.functional.pad(exact_max, (0, pad), value=0.0)[..., None]
+    relevant = row_tile_max > row_floor + 1e-4
+    neg = torch.tensor(float("-inf"), dtype=z.dtype, device=z.device)
+    tile_relevant_top = torch.where(relevant, row_tile_max, neg).view(*z.shape[:2], t, 64, t).amax(3)
+    tile_rel = torch.where(relevant, row_tile_max - row_m, neg).view(*z.shape[:2], t, 64, t).amax(3)
     above_floor = per_tile(z - floor.double()[..., None])  # > 0: some entry above its row's floor
     above_tau = per_tile(z - tau[..., None])
     visible = tile_top > float("-inf")
     bound, rel_bound = bound[..., :t, :t].double(), rel_bound[..., :t, :t].double()
     recorded = visible & (bound > float("-inf"))
     # Recorded tiles carry upper bounds; the others hold nothing above their rows' floors.
-    assert (bound[recorded] >= tile_top[recorded] - 1e-4).all()
+    assert (bound[recorded] >= tile_relevant_top[recorded] - 1e-4).all()
     assert (rel_bound[recorded] >= tile_rel[recorded] - 1e-4).all()
     assert (above_floor[visible & ~recorded] <= 1e-4).all()
     assert torch.isneginf(bound[~visible]).all()
