@@ -214,10 +214,11 @@ def tau_accumulate(z, scale, base, lo, hi, stat_f, stat_g, stat_c, inv, NBINS: t
     stat_f, stat_g: (ROWS, NBINS) float32; stat_c: (ROWS, NBINS) int32.
     Per entry and edge this costs one saturating FMA (``half_tail_gap``) and 2 to 4
     adds (plus exp2/log2 for general alpha); the (ROWS, NBINS) updates are per row.
-    TOP_SLOPE False skips G at the top edge, which ``tau_update`` never reads (a row whose root lies at
-    or above it ends at hi): one add per entry fewer, but the top edge then leaves the
-    edge loop, which costs registers (the max sweep's floor keeps TOP_SLOPE: peeled, it
-    needed 132 registers, past the 128 that let four programs share an SM). COUNTS
+    TOP_SLOPE False skips G at the top edge, which ``tau_update`` never reads (a row
+    whose root lies at or above it ends at hi): one add per entry fewer, but the top
+    edge then leaves the edge loop, which costs registers (the max sweep's floor keeps
+    TOP_SLOPE: peeled, it needed 132 registers, past the 128 that let four programs
+    share an SM). COUNTS
     False skips every count for alpha = 1.5, see ``tau_update``.
     EDGE_UNROLL is the unroll factor of the edge loop: unrolled (NBINS), the
     edges' (ROWS, COLS) temporaries interleave and can exceed 255 registers
