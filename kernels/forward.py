@@ -293,6 +293,17 @@ def store_tile_bounds(bound_row, rel_row, tile_n, stride_tn, row_max, m_i, floor
 
 
 @triton.jit
+def local_tile(q, k_base, diagonal, back, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, stride_kn,
+               stride_kd, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+               USE_INT64: tl.constexpr, BLOCK_N: tl.constexpr):
+    """z of tile diagonal - back, masked; all -inf where that tile lies before the first."""
+    tile_n = diagonal - back
+    z = score_tile(q, k_base, tl.maximum(tile_n, 0) * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
+                   qk_scale, stride_kn, stride_kd, True, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+    return tl.where(tile_n >= 0, z, float("-inf"))
+
+
+@triton.jit
 def threshold_floor(q, k_base, diagonal, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, alpha, inv,
                     stride_kn, stride_kd, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
                     DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, ALPHA_MODE: tl.constexpr,
@@ -311,10 +322,8 @@ def threshold_floor(q, k_base, diagonal, offs_m, offs_n, offs_d, M, N, valid_q, 
     m_s = tl.full([offs_m.shape[0]], float("-inf"), tl.float32)
     n_s = tl.zeros([offs_m.shape[0]], tl.int32)
     for back in range(0, 2):
-        tile_n = diagonal - back
-        z = score_tile(q, k_base, tl.maximum(tile_n, 0) * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
-                       qk_scale, stride_kn, stride_kd, True, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
-        z = tl.where(tile_n >= 0, z, float("-inf"))
+        z = local_tile(q, k_base, diagonal, back, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, stride_kn,
+                       stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, BLOCK_N)
         m_s = tl.maximum(m_s, tl.max(z, 1))
         n_s += tl.sum((z > float("-inf")).to(tl.int32), 1)
     m_shift = tl.where(m_s > float("-inf"), m_s, 0.0)
@@ -324,11 +333,8 @@ def threshold_floor(q, k_base, diagonal, offs_m, offs_n, offs_d, M, N, valid_q, 
         stat_g = tl.zeros([offs_m.shape[0], FLOOR_NBINS], tl.float32)
         stat_c = tl.zeros([offs_m.shape[0], FLOOR_NBINS], tl.int32)
         for back in range(0, 2):
-            tile_n = diagonal - back
-            z = score_tile(q, k_base, tl.maximum(tile_n, 0) * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q,
-                           valid_k, qk_scale, stride_kn, stride_kd, True, HEAD_DIM, IS_CAUSAL, DOT_PRECISION,
-                           USE_INT64)
-            z = tl.where(tile_n >= 0, z, float("-inf"))
+            z = local_tile(q, k_base, diagonal, back, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
+                           stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, BLOCK_N)
             stat_f, stat_g, stat_c = tau_accumulate(z, 1.0, m_shift, lo, hi, stat_f, stat_g, stat_c, inv, FLOOR_NBINS,
                                                     ALPHA_MODE, FLOOR_EDGE_UNROLL, True, True)
         lo, hi, tau_s, active = tau_update(lo, hi, tau_s, active, stat_f, stat_g, stat_c, m_shift, inv, FLOOR_NBINS,
@@ -460,13 +466,17 @@ def _adasplash_fwd_rowmax(
 
 
 @triton.jit
-def sweep_tiles(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo, hi, stat_f, stat_g, stat_c,
-                offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, stride_kn, stride_kd,
-                HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                USE_INT64: tl.constexpr, BLOCK_N: tl.constexpr, NBINS: tl.constexpr, ALPHA_MODE: tl.constexpr,
-                EDGE_UNROLL: tl.constexpr, COUNTS: tl.constexpr):
-    """One threshold sweep's tail statistics over the n_listed tiles of list_ptr
-    (``list_active_tiles``), the first n_unmasked of them without a mask."""
+def threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo, hi, tau, active, offs_m,
+                    offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, tau_tol, stride_kn, stride_kd,
+                    HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                    USE_INT64: tl.constexpr, BLOCK_N: tl.constexpr, NBINS: tl.constexpr, ALPHA_MODE: tl.constexpr,
+                    EDGE_UNROLL: tl.constexpr, COUNTS: tl.constexpr):
+    """One threshold sweep over the n_listed tiles of list_ptr (``list_active_tiles``), the
+    first n_unmasked of them without a mask: their tail statistics, then ``tau_update``.
+    Returns (lo, hi, tau', active)."""
+    stat_f = tl.zeros([offs_m.shape[0], NBINS], tl.float32)
+    stat_g = tl.zeros([offs_m.shape[0], NBINS], tl.float32)
+    stat_c = tl.zeros([offs_m.shape[0], NBINS], tl.int32)
     for i in range(0, n_listed):
         start_n = tl.load(list_ptr + (i + 2) * stride_ln) * BLOCK_N
         # Unscaled: tau_accumulate folds qk_scale into its one multiply-add per entry and edge.
@@ -474,7 +484,7 @@ def sweep_tiles(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, l
                         stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
         stat_f, stat_g, stat_c = tau_accumulate(qk, qk_scale, m_shift, lo, hi, stat_f, stat_g, stat_c, inv, NBINS,
                                                 ALPHA_MODE, EDGE_UNROLL, COUNTS, False)
-    return stat_f, stat_g, stat_c
+    return tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, m_shift, inv, NBINS, ALPHA_MODE, tau_tol, COUNTS)
 
 
 @triton.jit
@@ -604,9 +614,6 @@ def _adasplash_fwd_tau_out(
     sweep = 0
     n_active = tl.sum(active.to(tl.int32), 0)
     while (sweep < MAX_SWEEPS) & (n_active > 0):
-        stat_f = tl.zeros([BLOCK_M, NBINS], tl.float32)
-        stat_g = tl.zeros([BLOCK_M, NBINS], tl.float32)
-        stat_c = tl.zeros([BLOCK_M, NBINS], tl.int32)
         # A tile whose entries all lie at or below every active row's lower bracket
         # end adds nothing to the tail statistics, in absolute or shifted units.
         skip_below = tl.min(tl.where(active, m_shift + lo, float("inf")), 0)
@@ -615,22 +622,19 @@ def _adasplash_fwd_tau_out(
                                                  first_masked, skip_below, rel_skip_below, SCAN)
         # The first sweep takes no counts (tau_update, COUNTS): two instructions fewer
         # per entry and edge for alpha = 1.5, on the sweep over the widest bracket.
+        # COUNTS is a constexpr: one call per value.
         if sweep == 0:
-            stat_f, stat_g, stat_c = sweep_tiles(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo,
-                                                 hi, stat_f, stat_g, stat_c, offs_m, offs_n, offs_d, M, N, valid_q,
-                                                 valid_k, qk_scale, inv, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL,
-                                                 DOT_PRECISION, USE_INT64, BLOCK_N, NBINS, ALPHA_MODE, EDGE_UNROLL,
-                                                 False)
-            lo, hi, tau_i, active = tau_update(lo, hi, tau_i, active, stat_f, stat_g, stat_c, m_shift, inv, NBINS,
-                                               ALPHA_MODE, tau_tol, False)
+            lo, hi, tau_i, active = threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo,
+                                                    hi, tau_i, active, offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
+                                                    qk_scale, inv, tau_tol, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL,
+                                                    DOT_PRECISION, USE_INT64, BLOCK_N, NBINS, ALPHA_MODE, EDGE_UNROLL,
+                                                    False)
         else:
-            stat_f, stat_g, stat_c = sweep_tiles(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo,
-                                                 hi, stat_f, stat_g, stat_c, offs_m, offs_n, offs_d, M, N, valid_q,
-                                                 valid_k, qk_scale, inv, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL,
-                                                 DOT_PRECISION, USE_INT64, BLOCK_N, NBINS, ALPHA_MODE, EDGE_UNROLL,
-                                                 True)
-            lo, hi, tau_i, active = tau_update(lo, hi, tau_i, active, stat_f, stat_g, stat_c, m_shift, inv, NBINS,
-                                               ALPHA_MODE, tau_tol, True)
+            lo, hi, tau_i, active = threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo,
+                                                    hi, tau_i, active, offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
+                                                    qk_scale, inv, tau_tol, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL,
+                                                    DOT_PRECISION, USE_INT64, BLOCK_N, NBINS, ALPHA_MODE, EDGE_UNROLL,
+                                                    True)
         n_active = tl.sum(active.to(tl.int32), 0)
         sweep += 1
 

@@ -218,8 +218,7 @@ def tau_accumulate(z, scale, base, lo, hi, stat_f, stat_g, stat_c, inv, NBINS: t
     whose root lies at or above it ends at hi): one add per entry fewer, but the top
     edge then leaves the edge loop, which costs registers (the max sweep's floor keeps
     TOP_SLOPE: peeled, it needed 132 registers, past the 128 that let four programs
-    share an SM). COUNTS
-    False skips every count for alpha = 1.5, see ``tau_update``.
+    share an SM). COUNTS False skips every count for alpha = 1.5, see ``tau_update``.
     EDGE_UNROLL is the unroll factor of the edge loop: unrolled (NBINS), the
     edges' (ROWS, COLS) temporaries interleave and can exceed 255 registers
     (sm_90, 64 x 64 tiles, 4 warps); rolled (1), nothing spills.
