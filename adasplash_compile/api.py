@@ -5,6 +5,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from adasplash_compile import eager
 from adasplash_compile.validation import (
     check_attention_inputs,
     check_entmax_inputs,
@@ -55,7 +56,12 @@ def adasplash(
     """
     alpha = check_attention_inputs(query, key, value, alpha, is_causal, seqlens)
     scale = check_scale(scale, query.shape[-1])
-    out, _, _ = torch.ops.adasplash.attention_fwd(query, key, value, alpha, is_causal, scale, seqlens)
+    # The op and the eager path run the same implementation; the latter skips the
+    # dispatcher's Python layers where nothing observes the op (adasplash_compile/eager.py).
+    if eager.plain_call_allowed(query, key, value, seqlens):
+        out, _, _ = eager.attention(query, key, value, alpha, is_causal, scale, seqlens)
+    else:
+        out, _, _ = torch.ops.adasplash.attention_fwd(query, key, value, alpha, is_causal, scale, seqlens)
     return out
 
 

@@ -9,7 +9,7 @@ import torch
 from adasplash_compile.reference import entmax_gradient
 
 
-def _attention_setup_context(ctx, inputs, output):
+def attention_setup_context(ctx, inputs, output):
     query, key, value, alpha, is_causal, scale, seqlens = inputs
     _, tau, tile_max = output
     ctx.save_for_backward(query, key, value, tau, tile_max, seqlens)
@@ -17,12 +17,18 @@ def _attention_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(tau, tile_max)
 
 
-def _attention_backward(ctx, grad_out, grad_tau, grad_tile_max):
+def attention_gradients(ctx, grad_out, attention_bwd):
+    """The gradients of attention_fwd's inputs, from ``attention_bwd`` (the op or its
+    implementation) applied to what ``attention_setup_context`` saved."""
     query, key, value, tau, tile_max, seqlens = ctx.saved_tensors
-    grad_query, grad_key, grad_value = torch.ops.adasplash.attention_bwd(
+    grad_query, grad_key, grad_value = attention_bwd(
         grad_out, query, key, value, tau, tile_max, ctx.alpha, ctx.is_causal, ctx.scale, seqlens
     )
     return grad_query, grad_key, grad_value, None, None, None, None
+
+
+def _attention_backward(ctx, grad_out, grad_tau, grad_tile_max):
+    return attention_gradients(ctx, grad_out, torch.ops.adasplash.attention_bwd)
 
 
 def _entmax_setup_context(ctx, inputs, output):
@@ -41,7 +47,7 @@ def _entmax_backward(ctx, grad_y):
 
 
 torch.library.register_autograd(
-    "adasplash::attention_fwd", _attention_backward, setup_context=_attention_setup_context
+    "adasplash::attention_fwd", _attention_backward, setup_context=attention_setup_context
 )
 torch.library.register_autograd(
     "adasplash::entmax_fwd", _entmax_backward, setup_context=_entmax_setup_context

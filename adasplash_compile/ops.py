@@ -34,8 +34,7 @@ def uses_triton(tensor: Tensor) -> bool:
     return tensor.device.type == "cuda" or (tensor.device.type == "cpu" and cpu_uses_triton())
 
 
-@torch.library.custom_op("adasplash::attention_fwd", mutates_args=())
-def attention_fwd(
+def run_attention_forward(
     query: Tensor,
     key: Tensor,
     value: Tensor,
@@ -44,6 +43,7 @@ def attention_fwd(
     scale: float,
     seqlens: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """attention_fwd's implementation, also called by the eager path (eager.py)."""
     check_attention_inputs(query, key, value, alpha, is_causal, seqlens)
     check_no_negative_seqlens(seqlens)
     if uses_triton(query):
@@ -53,8 +53,7 @@ def attention_fwd(
     return reference.attention_forward(query, key, value, alpha, is_causal, scale, seqlens)
 
 
-@torch.library.custom_op("adasplash::attention_bwd", mutates_args=())
-def attention_bwd(
+def run_attention_backward(
     grad_out: Tensor,
     query: Tensor,
     key: Tensor,
@@ -66,6 +65,7 @@ def attention_bwd(
     scale: float,
     seqlens: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """attention_bwd's implementation, also called by the eager path (eager.py)."""
     check_attention_inputs(query, key, value, alpha, is_causal, seqlens)
     if uses_triton(query):
         from adasplash_compile.kernels.backward import attention_backward
@@ -76,6 +76,10 @@ def attention_bwd(
     return reference.attention_backward(
         grad_out, query, key, value, tau, alpha, is_causal, scale, seqlens
     )
+
+
+attention_fwd = torch.library.custom_op("adasplash::attention_fwd", run_attention_forward, mutates_args=())
+attention_bwd = torch.library.custom_op("adasplash::attention_bwd", run_attention_backward, mutates_args=())
 
 
 @torch.library.custom_op("adasplash::entmax_fwd", mutates_args=())

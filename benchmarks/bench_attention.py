@@ -344,10 +344,22 @@ def _timed_first_call(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure_cell(fn, q, k, v, grad, *, warmup: int, rep: int) -> dict:
-    """Forward and forward+backward medians (ms), first-call times (s), fwd+bwd peak memory."""
+def _median_ms(fn, first_call_s: float, warmup: int, rep: int, min_samples: int) -> float:
+    """do_bench's median, over at least about min_samples timed calls.
+
+    do_bench sizes its runs from rep / (its own estimate of one call): at rep = 50 ms a
+    90 ms call (dense, N = 32768, forward+backward) got a single sample. One more synced
+    call, after the first one (which compiles), sizes rep and warmup to min_samples and
+    one call.
+    """
     from triton.testing import do_bench
 
+    call_ms = min(first_call_s, _timed_first_call(fn)) * 1e3
+    return do_bench(fn, warmup=max(warmup, call_ms), rep=max(rep, min_samples * call_ms), return_mode="median")
+
+
+def measure_cell(fn, q, k, v, grad, *, warmup: int, rep: int, min_samples: int) -> dict:
+    """Forward and forward+backward medians (ms), first-call times (s), fwd+bwd peak memory."""
     cell = {}
 
     def forward():
@@ -356,7 +368,7 @@ def measure_cell(fn, q, k, v, grad, *, warmup: int, rep: int) -> dict:
 
     try:
         cell["first_fwd_s"] = _timed_first_call(forward)
-        cell["fwd_ms"] = do_bench(forward, warmup=warmup, rep=rep, return_mode="median")
+        cell["fwd_ms"] = _median_ms(forward, cell["first_fwd_s"], warmup, rep, min_samples)
     except Exception as exc:  # noqa: BLE001
         cell["fwd_error"] = _error_text(exc)
         if _is_fatal(exc):
@@ -372,7 +384,7 @@ def measure_cell(fn, q, k, v, grad, *, warmup: int, rep: int) -> dict:
 
     try:
         cell["first_fwd_bwd_s"] = _timed_first_call(step)
-        cell["fwd_bwd_ms"] = do_bench(step, warmup=warmup, rep=rep, return_mode="median")
+        cell["fwd_bwd_ms"] = _median_ms(step, cell["first_fwd_bwd_s"], warmup, rep, min_samples)
         _sync()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -468,7 +480,8 @@ class Run:
             except Exception as exc:  # noqa: BLE001
                 record["fwd_error"] = record["fwd_bwd_error"] = _error_text(exc)
             else:
-                record.update(measure_cell(fn, q, k, v, grad, warmup=self.args.warmup, rep=self.args.rep))
+                record.update(measure_cell(fn, q, k, v, grad, warmup=self.args.warmup, rep=self.args.rep,
+                                           min_samples=self.args.min_samples))
                 if record.pop("fatal", False):
                     self.fatal = f"{impl} at {case.variant} {case.workload} N={case.n}: " + (
                         record.get("fwd_bwd_error") or record.get("fwd_error", "")
@@ -616,6 +629,7 @@ def _environment(args) -> dict:
         "warmup_ms": args.warmup,
         "compile_dynamic": args.dynamic,
         "rep_ms": args.rep,
+        "min_samples": args.min_samples,
         "timing": "triton.testing.do_bench, median; fwd under no_grad; fwd+bwd = out + autograd.grad",
     }
     try:
@@ -839,7 +853,8 @@ def render_markdown(results) -> str:
         "# AdaSplash-2 attention benchmark",
         "",
         f"GPU: {meta.get('gpu', 'none')} (sm {meta.get('capability', '-')}); torch {meta['torch']}, "
-        f"triton {meta.get('triton')}; {meta['timing']}; warmup {meta['warmup_ms']} ms, rep {meta['rep_ms']} ms; "
+        f"triton {meta.get('triton')}; {meta['timing']}; warmup {meta['warmup_ms']} ms, rep {meta['rep_ms']} ms "
+        f"(at least {meta.get('min_samples', 1)} timed calls); "
         f"torch.compile {'automatic dynamic' if meta.get('compile_dynamic') else 'static shapes per N'}; "
         f"started {meta['started']}; elapsed {meta.get('elapsed_s', 0):.0f} s.",
         "",
@@ -1056,6 +1071,8 @@ def parse_args(argv=None):
                         "across N) instead of one static graph per N")
     parser.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetitions, ms")
+    parser.add_argument("--min-samples", type=int, default=10,
+                        help="time at least about this many calls per cell, whatever --rep says")
     parser.add_argument("--check-cpu", action="store_true",
                         help="run the CPU self-checks (generators, sparsity count, references) and exit")
     parser.add_argument("--first-call-child", choices=("eager", "compiled"), help=argparse.SUPPRESS)
