@@ -33,24 +33,18 @@ from adasplash_compile.autograd import attention_gradients, attention_setup_cont
 from adasplash_compile.ops import run_attention_backward, run_attention_forward
 
 _FUNCTORCH = getattr(torch._C, "_functorch", None)
-_PROBES = (
-    getattr(torch._C, "_get_tracing_state", None),
-    getattr(torch._C, "_len_torch_dispatch_stack", None),
-    getattr(torch._C, "_is_torch_function_mode_enabled", None),
-    getattr(torch.overrides, "_get_current_function_mode_stack", None),
-    getattr(_FUNCTORCH, "peek_interpreter_stack", None),
-    getattr(_FUNCTORCH, "is_functorch_wrapped_tensor", None),
-)
-_HAS_PROBES = all(probe is not None for probe in _PROBES)
+_tracing_state = getattr(torch._C, "_get_tracing_state", None)
+_dispatch_mode_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_function_mode_enabled = getattr(torch._C, "_is_torch_function_mode_enabled", None)
+_function_mode_stack = getattr(torch.overrides, "_get_current_function_mode_stack", None)
+_functorch_transform = getattr(_FUNCTORCH, "peek_interpreter_stack", None)
+_is_functorch_wrapped = getattr(_FUNCTORCH, "is_functorch_wrapped_tensor", None)
+_HAS_PROBES = None not in (_tracing_state, _dispatch_mode_depth, _function_mode_enabled, _function_mode_stack,
+                           _functorch_transform, _is_functorch_wrapped)
 try:
     from torch.utils._device import DeviceContext as _DeviceContext
 except ImportError:  # without it, any torch function mode sends calls to the op
     _DeviceContext = ()
-
-
-def _only_default_device_modes() -> bool:
-    _, _, mode_enabled, mode_stack, _, _ = _PROBES
-    return not mode_enabled() or all(isinstance(mode, _DeviceContext) for mode in mode_stack())
 
 
 def plain_call_allowed(*tensors: Optional[Tensor]) -> bool:
@@ -58,12 +52,11 @@ def plain_call_allowed(*tensors: Optional[Tensor]) -> bool:
     see the module docstring. None entries (an absent seqlens) are skipped."""
     if torch.compiler.is_compiling() or not _HAS_PROBES:
         return False
-    tracing_state, dispatch_depth, _, _, functorch_stack, is_wrapped = _PROBES
-    if tracing_state() is not None or dispatch_depth() > 0 or functorch_stack() is not None:
+    if _tracing_state() is not None or _dispatch_mode_depth() > 0 or _functorch_transform() is not None:
         return False
-    if not _only_default_device_modes():
+    if _function_mode_enabled() and not all(isinstance(mode, _DeviceContext) for mode in _function_mode_stack()):
         return False
-    return all(t is None or (type(t) is Tensor and not is_wrapped(t)) for t in tensors)
+    return all(t is None or (type(t) is Tensor and not _is_functorch_wrapped(t)) for t in tensors)
 
 
 class PlainAttention(torch.autograd.Function):

@@ -43,6 +43,17 @@ def _inputs(dtype=torch.float32, requires_grad=True):
     return q, k, v
 
 
+def _assert_eager_matches_the_op(q, k, v, alpha=1.5, scale=8**-0.5):
+    """Causal adasplash() and attention_fwd give bitwise equal outputs and gradients."""
+    grad = torch.randn_like(q)
+    out = adasplash_compile.adasplash(q, k, v, alpha=alpha, is_causal=True, scale=scale)
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    op_out, _, _ = torch.ops.adasplash.attention_fwd(q, k, v, alpha, True, scale, None)
+    op_grads = torch.autograd.grad(op_out, (q, k, v), grad)
+    for actual, expected in zip((out, *grads), (op_out, *op_grads)):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
 def test_plain_tensors_and_the_default_device_context_allow_the_direct_call():
     q, k, v = _inputs()
     assert eager.plain_call_allowed(q, k, v, None)
@@ -73,17 +84,9 @@ def test_modes_subclasses_fakes_and_transforms_send_calls_to_the_op():
 def test_eager_call_runs_the_implementation_directly_and_matches_the_op(monkeypatch):
     forward_calls = _count_calls(monkeypatch, "run_attention_forward")
     backward_calls = _count_calls(monkeypatch, "run_attention_backward")
-    q, k, v = _inputs(torch.float64)
-    grad = torch.randn(1, 2, 20, 8, dtype=torch.float64)
-    out = adasplash_compile.adasplash(q, k, v, alpha=1.3, is_causal=True, scale=0.7)
-    grads = torch.autograd.grad(out, (q, k, v), grad)
+    _assert_eager_matches_the_op(*_inputs(torch.float64), alpha=1.3, scale=0.7)
+    # The op calls the implementation it was registered with, not eager's (patched) names.
     assert forward_calls == ["run_attention_forward"] and backward_calls == ["run_attention_backward"]
-
-    op_out, _, _ = torch.ops.adasplash.attention_fwd(q, k, v, 1.3, True, 0.7, None)
-    op_grads = torch.autograd.grad(op_out, (q, k, v), grad)
-    torch.testing.assert_close(out, op_out, rtol=0, atol=0)
-    for actual, expected in zip(grads, op_grads):
-        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
 def test_a_dispatch_mode_sees_the_ops_forward_and_backward():
@@ -110,28 +113,12 @@ def test_bad_input_raises_the_same_error_on_both_paths():
 @pytest.mark.interpret
 def test_interpreted_kernels_match_the_op_bitwise(monkeypatch):
     monkeypatch.setenv("ADASPLASH_COMPILE_BACKEND", "triton")
-    q, k, v = _inputs()
-    grad = torch.randn(1, 2, 20, 8)
-    out = adasplash_compile.adasplash(q, k, v, is_causal=True)
-    grads = torch.autograd.grad(out, (q, k, v), grad)
-    op_out, _, _ = torch.ops.adasplash.attention_fwd(q, k, v, 1.5, True, 8**-0.5, None)
-    op_grads = torch.autograd.grad(op_out, (q, k, v), grad)
-    torch.testing.assert_close(out, op_out, rtol=0, atol=0)
-    for actual, expected in zip(grads, op_grads):
-        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    _assert_eager_matches_the_op(*_inputs())
 
 
 @pytest.mark.gpu
 def test_cuda_eager_call_matches_the_op_bitwise():
-    q, k, v = (t.cuda().to(torch.bfloat16).detach().requires_grad_() for t in _inputs())
-    grad = torch.randn_like(q)
-    out = adasplash_compile.adasplash(q, k, v, is_causal=True)
-    grads = torch.autograd.grad(out, (q, k, v), grad)
-    op_out, _, _ = torch.ops.adasplash.attention_fwd(q, k, v, 1.5, True, 8**-0.5, None)
-    op_grads = torch.autograd.grad(op_out, (q, k, v), grad)
-    torch.testing.assert_close(out, op_out, rtol=0, atol=0)
-    for actual, expected in zip(grads, op_grads):
-        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    _assert_eager_matches_the_op(*(t.cuda().to(torch.bfloat16).detach().requires_grad_() for t in _inputs()))
 
 
 def test_inference_call_runs_the_implementation_without_autograd(monkeypatch):
