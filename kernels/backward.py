@@ -33,8 +33,8 @@ Launch order (one stream, no atomics, so every run is bitwise identical):
                                active key tiles of the row group (for dQ)
   2. _adasplash_bwd_key_lists  per (b, kv head, key group): the active (query head,
                                row tile) pairs of the key group (for dK/dV)
-  3. _adasplash_bwd_dq         per (b, h, row block): sweep 1 gives DELTA (stored to
-                               scratch), sweep 2 accumulates dQ
+  3. _adasplash_bwd_dq         per (b, h, row block): one sweep accumulates dQ and
+                               DELTA together (DELTA stored to scratch)
   4. _adasplash_bwd_dkdv       per (b, kv head, key block): loops over the GROUP query
                                heads and their active row tiles, reads DELTA
 """
@@ -374,7 +374,7 @@ def _adasplash_bwd_dq(
     DOT_MODE: tl.constexpr,
     EVEN_D: tl.constexpr,
 ):
-    """Per (row block, b*Hq): DELTA of the block's rows (stored), then their dQ."""
+    """Per (row block, b*Hq): dQ and DELTA of the block's rows (DELTA stored), in one sweep."""
     # Inductor passes Python floats to user kernels as fp64; keep the math in fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
     u_exp = tl.cast(u_exp, tl.float32)
@@ -411,35 +411,35 @@ def _adasplash_bwd_dq(
     count = tl.load(kv_count_ptr + list_id)
     index_base = kv_index_ptr + list_id * n_key_tiles
 
-    # Sweep 1: DELTA_i = sum_j u dP / sum_j u over the active key tiles.
+    # One sweep: dQ = scale * sum_j u (dP - DELTA) K_j with DELTA = sum_j u dP / sum_j u,
+    # known only after the last tile. acc holds sum u (dP - delta_seen) K over the tiles
+    # seen so far, where delta_seen is DELTA over those tiles; when a tile moves it, acc
+    # is re-centred through u_key = sum u K. The tiles run from the last one backwards
+    # (under causal attention, from the diagonal), so that where attention is local
+    # delta_seen starts near DELTA and the re-centring stays small next to acc.
     u_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     u_dp_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for idx in range(0, count):
-        tile_n = tl.load(index_base + idx)
-        for sub in tl.static_range(TILE_N // BLOCK_N):
-            u, dp, _ = _adasplash_bwd_dq_step(
-                q, do, tau, k_base, v_base, k_offs, v_offs, tile_n * TILE_N + sub * BLOCK_N, offs_m, offs_n, d_ok,
-                stride_kn, stride_vn, n_queries, n_keys, valid_queries, valid_keys, qk_scale, u_exp,
-                IS_CAUSAL, ALPHA_MODE, DOT_PRECISION, EVEN_D,
-            )
-            u_sum += tl.sum(u, axis=1)
-            u_dp_sum += tl.sum(u * dp, axis=1)
-    # A row with no support (sees nothing, or every tile skipped) gets DELTA = 0.
-    delta = tl.where(u_sum > 0.0, u_dp_sum / tl.where(u_sum > 0.0, u_sum, 1.0), 0.0)
-    tl.store(delta_ptr + bh.to(tl.int64) * n_queries + offs_m, delta, mask=rows_ok)
-
-    # Sweep 2: dQ = scale * sum_j u (dP - DELTA) K_j.
+    delta = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    u_key = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for idx in range(0, count):
-        tile_n = tl.load(index_base + idx)
+        tile_n = tl.load(index_base + count - 1 - idx)
         for sub in tl.static_range(TILE_N // BLOCK_N):
             u, dp, k = _adasplash_bwd_dq_step(
                 q, do, tau, k_base, v_base, k_offs, v_offs, tile_n * TILE_N + sub * BLOCK_N, offs_m, offs_n, d_ok,
                 stride_kn, stride_vn, n_queries, n_keys, valid_queries, valid_keys, qk_scale, u_exp,
                 IS_CAUSAL, ALPHA_MODE, DOT_PRECISION, EVEN_D,
             )
+            u_sum += tl.sum(u, axis=1)
+            u_dp_sum += tl.sum(u * dp, axis=1)
+            # A row with no support so far (or at all) keeps DELTA = 0.
+            delta_seen = tl.where(u_sum > 0.0, u_dp_sum / tl.where(u_sum > 0.0, u_sum, 1.0), 0.0)
+            acc += (delta - delta_seen)[:, None] * u_key
+            delta = delta_seen
             ds = u * (dp - delta[:, None])
             acc = tl.dot(ds.to(k.dtype), k, acc, input_precision=DOT_PRECISION)
+            u_key = tl.dot(u.to(k.dtype), k, u_key, input_precision=DOT_PRECISION)
+    tl.store(delta_ptr + bh.to(tl.int64) * n_queries + offs_m, delta, mask=rows_ok)
 
     dq_offs = _tile_offsets(tl.arange(0, BLOCK_M), stride_dqm, offs_d, stride_dqd)
     _store_tile(dq_ptr + batch * stride_dqz + head * stride_dqh + start_m.to(tl.int64) * stride_dqm, dq_offs,
