@@ -17,10 +17,11 @@ def attention_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(tau, tile_max)
 
 
-def attention_gradients(ctx, grad_out, attention_bwd):
+def attention_gradients(ctx, saved, grad_out, attention_bwd):
     """The gradients of attention_fwd's inputs, from ``attention_bwd`` (the op or its
-    implementation) applied to what ``attention_setup_context`` saved."""
-    query, key, value, tau, tile_max, seqlens = ctx.saved_tensors
+    implementation) applied to ``saved``: ctx.saved_tensors, from ``attention_setup_context``
+    (unpacked by the caller, as each unpacking checks every saved tensor's version)."""
+    query, key, value, tau, tile_max, seqlens = saved
     grad_query, grad_key, grad_value = attention_bwd(
         grad_out, query, key, value, tau, tile_max, ctx.alpha, ctx.is_causal, ctx.scale, seqlens
     )
@@ -28,7 +29,7 @@ def attention_gradients(ctx, grad_out, attention_bwd):
 
 
 def _attention_backward(ctx, grad_out, grad_tau, grad_tile_max):
-    return attention_gradients(ctx, grad_out, torch.ops.adasplash.attention_bwd)
+    return attention_gradients(ctx, ctx.saved_tensors, grad_out, torch.ops.adasplash.attention_bwd)
 
 
 def _entmax_setup_context(ctx, inputs, output):

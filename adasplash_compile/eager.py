@@ -77,8 +77,9 @@ class PlainAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_tau, grad_tile_max):
-        direct = not torch.is_grad_enabled() and plain_call_allowed(grad_out, *ctx.saved_tensors)
-        return attention_gradients(ctx, grad_out, run_attention_backward if direct
+        saved = ctx.saved_tensors
+        direct = not torch.is_grad_enabled() and plain_call_allowed(grad_out, *saved)
+        return attention_gradients(ctx, saved, grad_out, run_attention_backward if direct
                                    else torch.ops.adasplash.attention_bwd)
 
 

@@ -66,6 +66,9 @@ ALPHA_SPARSEMAX = 2
 # also the tightest width float32 bracket arithmetic can certify.
 TAU_TOL = 2.0**-20
 
+# Keeps guarded divisions finite in tau_update; never a real slope.
+TINY: tl.constexpr = tl.constexpr(1e-30)
+
 # Significand bits (implicit bit included) of the output dtypes, by name so that this
 # module needs no torch: bf16 8, fp16 11, fp32 24.
 _SIGNIFICAND_BITS = {"bfloat16": 8, "float16": 11, "float32": 24}
@@ -248,6 +251,14 @@ def tau_accumulate(z, scale, base, lo, hi, stat_f, stat_g, stat_c, inv, NBINS: t
 
 
 @triton.jit
+def _smaller_quadratic_root(a, fa, ga, count):
+    """a + s for the smaller root s of count s^2 - 2 ga s + fa = 0, in the form without
+    cancellation, and whether the root is real (clamped to the double root otherwise)."""
+    disc = ga * ga - count.to(tl.float32) * fa
+    return a + fa / tl.maximum(ga + tl.sqrt(tl.maximum(disc, 0.0)), TINY), disc >= 0.0
+
+
+@triton.jit
 def tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, base, inv, NBINS: tl.constexpr,
                ALPHA_MODE: tl.constexpr, tau_tol, COUNTS: tl.constexpr):
     """Shrink the bracket from one sweep's statistics; returns (lo, hi, tau', active).
@@ -262,7 +273,6 @@ def tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, base, inv, NBINS: tl
     simulation of 16 row blocks each of the benchmark's mid, N = 16384, and dense,
     N = 8192, workloads: no block needed another sweep).
     """
-    TINY: tl.constexpr = 1e-30  # keeps guarded divisions finite; never a real slope
     cols = tl.arange(0, NBINS)[None, :]
     # f is decreasing, so edges with F >= 1 form a prefix; f(lo) >= 0 in exact
     # arithmetic, and rounding that says otherwise leaves j_lo = 0 and fa <= 0.
@@ -292,14 +302,12 @@ def tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, base, inv, NBINS: tl
     new_lo = tl.minimum(tl.maximum(newton, a), b)
     new_hi = tl.minimum(secant, b)
     if (ALPHA_MODE == 1) and COUNTS:
-        disc = ga * ga - ca.to(tl.float32) * fa
-        closed = a + fa / tl.maximum(ga + tl.sqrt(tl.maximum(disc, 0.0)), TINY)
-        new_hi = tl.where(disc >= 0.0, tl.minimum(new_hi, closed), new_hi)
+        closed, closed_real = _smaller_quadratic_root(a, fa, ga, ca)
+        new_hi = tl.where(closed_real, tl.minimum(new_hi, closed), new_hi)
         # f'' = 2 * count above t >= 2 * C_b on [a, b], so f >= fa - 2 ga s + C_b s^2 there:
         # that quadratic's smaller root is a lower bound on tau', tighter than Newton's.
-        disc_b = ga * ga - cb.to(tl.float32) * fa
-        quadratic = a + fa / tl.maximum(ga + tl.sqrt(tl.maximum(disc_b, 0.0)), TINY)
-        new_lo = tl.where(disc_b >= 0.0, tl.minimum(tl.maximum(new_lo, quadratic), b), new_lo)
+        quadratic, quadratic_real = _smaller_quadratic_root(a, fa, ga, cb)
+        new_lo = tl.where(quadratic_real, tl.minimum(tl.maximum(new_lo, quadratic), b), new_lo)
         exact = ca == cb
     elif ALPHA_MODE == 2:
         closed = newton
