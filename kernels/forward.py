@@ -79,12 +79,21 @@ one program per (Z, H, BLOCK_M rows):
 
 Compiled for sm_90 (bf16, D = 128, default config; triton 3.6 ptxas), without spills:
 the max sweep uses 128 registers and 49 KB of shared memory, so four programs (16
-warps) share an SM; the output kernel 255 registers and 82 KB, two programs. At 255
-registers and two programs, ncu (mid, N = 32768) had found the max sweep latency-bound
-(30% of issue slots busy); the output kernel was ALU-bound on the threshold sweeps (67%
-busy) before their max moved into the FMA pipe's FFMA.SAT. Split into a sweep kernel
-(137 registers, three programs per SM) and an output kernel, the forward gained 2% at
-N = 32768 and lost 2-5% at N = 8192, so it stays one kernel; unrolling 8 edges spilled.
+warps) share an SM; the output kernel 255 registers and 82 KB, two programs. Neither is
+bound by a pipe. ncu on the H100 (mid, N = 32768): the output kernel issues in 55% of
+cycles, its FMA, ALU and tensor pipes 34%, 31% and 30% busy, with 2 warps per scheduler
+of which 0.88 are eligible (waits on fixed latencies and on barriers lead); the max
+sweep issues in 41% of cycles, stalled mostly on barriers (its per-tile bound
+reduction) and long scoreboards (its K tiles). With two stages, Triton issues the copy
+of a loop's next K tile at the end of the body and waits for it at the top, so only
+the other programs on the SM hide it; a third stage overlaps it within the program,
+yet measured 1-3% slower for the output kernel (two programs per SM still fit, at 113
+KB) and 12% slower for the max sweep (three programs instead of four). Split into a
+sweep kernel (137 registers, three programs per SM) and an output kernel, the forward
+gained 2% at N = 32768 and lost 2-5% at N = 8192, so it stays one kernel. Eight edges
+per sweep, unrolled, no longer spill and end every sampled mid, dense and high block in
+two sweeps (CPU simulation), yet the forward took 14-19% longer than with four edges in
+three (mid, dense and high at N = 8192 and 32768).
 fp32 uses tl.dot on FMA units ("ieee", as tf32 misses the 1e-4 bar) and spills at
 every D: correct, not fast.
 
