@@ -18,12 +18,18 @@ threshold. Eight bins a quarter wide gave at most 65 entries above the bound in 
 simulation (bins' lower edges instead of means: 97 to 125).
 
 The attention forward's threshold sweeps start from the floor, so on dense scores the
-first one brackets TAU tightly and skips every tile with nothing above it: on the H100
-the forward took 19-22% less time on the benchmark's dense workload (N = 8192 and
-32768). The bins live in registers of the max sweep, which stays at 128 (sm_90, triton
-3.6), so four programs still share an SM; where the mass is local (the mid and high
-workloads) the floor of the two local tiles is already as tight, and the bins cost
-0.5-3% of the forward.
+first sweep's bracket holds TAU within its lowest 3-6% and the row blocks finish in two
+sweeps instead of three (CPU simulation, 8 row blocks each of the benchmark's dense
+workload at N = 8192 and 32768): on the H100 the forward took 19-22% less time there.
+The bins live in registers of the max sweep, which stays at 128 in the eager launch's
+build (sm_90, triton 3.6), so four programs still share an SM; where the mass is
+local (the mid and high workloads) the floor of the two local tiles is already as tight,
+and the bins cost 0.5-3% of the forward. Under torch.compile the forward on those
+workloads lost 2.6-7.3% against eager (benchmarks/results/h100-2026-11-26-floor.md):
+Inductor's cache then held a 131-register build of the max sweep, one program fewer per
+SM. Four bins of width 0.5 (half the registers) gave back 0.2-0.5% there but lost the
+whole dense gain: with the bins' lower edges instead of their means, or with four bins,
+the dense row blocks of a CPU simulation need three sweeps again instead of two.
 """
 
 import triton
