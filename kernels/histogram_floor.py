@@ -26,8 +26,8 @@ build (sm_90, triton 3.6), so four programs still share an SM; where the mass is
 local (the mid and high workloads) the floor of the two local tiles is already as tight,
 and the bins cost 0.5-3% of the forward. Under torch.compile the forward on those
 workloads lost 2.6-7.3% against eager (benchmarks/results/h100-2026-11-26-floor.md):
-Inductor's cache then held a 131-register build of the max sweep, one program fewer per
-SM. Four bins of width 0.5 (half the registers) gave back 0.2-0.5% there but lost the
+Inductor passes qk_scale as fp64, and that alone gives a 131-register build of the max
+sweep, one program fewer per SM. Four bins of width 0.5 (half the registers) gave back 0.2-0.5% there but lost the
 whole dense gain: with the bins' lower edges instead of their means, or with four bins,
 the dense row blocks of a CPU simulation need three sweeps again instead of two.
 """
