@@ -14,7 +14,7 @@ from entmax import entmax_bisect, sparsemax
 from adasplash_compile import reference
 from adasplash_compile.kernels.entmax import default_entmax_config, entmax_forward, prune_entmax_configs
 from tests.conftest import DEVICE, GPU_DTYPES, TOLERANCES
-from tests.kernels.mutation import kernel_writes
+from tests.kernels.mutation import IN_BOTH_SUITES, kernel_writes
 
 interpret = pytest.mark.interpret
 gpu = pytest.mark.gpu
@@ -61,7 +61,8 @@ def test_default_config_fits_tile_and_rows():
     assert prune_entmax_configs([config, dict(config, NBINS=3)]) == [config]
 
 
-def test_mutation_analysis_reports_only_the_output():
+@IN_BOTH_SUITES
+def test_mutation_analysis_reports_only_the_output(suite):
     writes = kernel_writes(
         "from adasplash_compile.kernels.entmax import entmax_forward\n"
         "entmax_forward(torch.randn(4, 3000), 1.5, -1, wrap=Capture)\n"

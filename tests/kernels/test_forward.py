@@ -17,13 +17,14 @@ from adasplash_compile.kernels.forward import (
     _needs_int64,
     attention_forward,
     default_forward_config,
+    float32_bits,
     forward_configs,
     prune_forward_configs,
 )
 from adasplash_compile.kernels.tau import tau_tolerance
 from adasplash_compile.options import TILE_M, TILE_N, tile_grid
 from tests.conftest import ALL_GPU_DTYPES, DEVICE, GPU_DTYPES, TOLERANCES
-from tests.kernels.mutation import kernel_writes
+from tests.kernels.mutation import IN_BOTH_SUITES, kernel_writes
 from tests.oracle import dense_mask, entmax_attention, support_tile_max_bounds
 
 interpret = pytest.mark.interpret
@@ -158,7 +159,18 @@ def test_int64_predicate_on_meta_tensors():
     assert not _needs_int64(torch.empty(1, 2**20, 8, 64, device="meta").transpose(1, 2))
 
 
-def test_mutation_analysis_reports_only_outputs():
+def test_float32_bits_round_to_nearest_float32():
+    # The max sweep takes the scale as these bits (kernels/forward.py: an fp64 scale, as
+    # Inductor passes floats, costs it registers); they must be float32's rounding.
+    for value in (0.0625, 0.5 / 3**0.5, 1.0 / 3.0, 0.5 * 128**-0.5, 1e-30, 3.4e38):
+        expected = torch.tensor(value, dtype=torch.float32).view(torch.int32).item()
+        assert float32_bits(value) == expected, value
+    symbolic = object()
+    assert float32_bits(symbolic) is symbolic
+
+
+@IN_BOTH_SUITES
+def test_mutation_analysis_reports_only_outputs(suite):
     writes = kernel_writes(
         "from adasplash_compile.kernels.forward import attention_forward\n"
         "q = torch.randn(1, 2, 70, 64, dtype=torch.bfloat16)\n"
