@@ -21,15 +21,12 @@ The attention forward's threshold sweeps start from the floor, so on dense score
 first sweep's bracket holds TAU within its lowest 3-6% and the row blocks finish in two
 sweeps instead of three (CPU simulation, 8 row blocks each of the benchmark's dense
 workload at N = 8192 and 32768): on the H100 the forward took 19-22% less time there.
-The bins live in registers of the max sweep, which stays at 128 in the eager launch's
-build (sm_90, triton 3.6), so four programs still share an SM; where the mass is
-local (the mid and high workloads) the floor of the two local tiles is already as tight,
-and the bins cost 0.5-3% of the forward. Under torch.compile the forward on those
-workloads lost 2.6-7.3% against eager (benchmarks/results/h100-2026-11-26-floor.md):
-Inductor passes qk_scale as fp64, and that alone gives a 131-register build of the max
-sweep, one program fewer per SM. Four bins of width 0.5 (half the registers) gave back 0.2-0.5% there but lost the
-whole dense gain: with the bins' lower edges instead of their means, or with four bins,
-the dense row blocks of a CPU simulation need three sweeps again instead of two.
+The bins live in registers of the max sweep, which stays at 128 (sm_90, triton 3.6), so
+four programs still share an SM; where the mass is local (the mid and high workloads)
+the floor of the two local tiles is already as tight, and the bins cost 0.5-3% of the
+forward. Four bins of width 0.5 (half the registers) gave back 0.2-0.5% there but lost
+the whole dense gain: with the bins' lower edges instead of their means, or with four
+bins, the dense row blocks of a CPU simulation need three sweeps again instead of two.
 """
 
 import triton
@@ -71,15 +68,15 @@ def histogram_floor(count, total, floor, m, inv, ALPHA_MODE: tl.constexpr):
     m: the rows' max z (>= every binned value). Rows with no binned value keep floor.
     """
     mean = tl.where(count > 0.0, total / tl.maximum(count, 1.0), 0.0)
-    # Search t (height above floor) in [0, m - floor]; f(lo) > 0 holds throughout, so lo
-    # stays at or below the root.
+    # Search t (height above floor) in [0, m - floor]; lo moves only where f > 1, so it
+    # stays at or below the root, and a row whose bins sum to at most 1 at t = 0 keeps
+    # lo = 0 and its floor.
     lo = tl.zeros_like(floor)
     hi = tl.where(floor > float("-inf"), m - floor, 0.0)
-    f0 = tl.sum(count * entmax_power(mean, inv, ALPHA_MODE), 1)
     for _ in range(HIST_BISECTIONS):
         mid = 0.5 * (lo + hi)
         f = tl.sum(count * entmax_power(tl.maximum(mean - mid[:, None], 0.0), inv, ALPHA_MODE), 1)
         lo = tl.where(f > 1.0, mid, lo)
         hi = tl.where(f > 1.0, hi, mid)
     bound = floor + lo - HIST_SLACK
-    return tl.where((f0 > 1.0) & (bound > floor), bound, floor)
+    return tl.where(bound > floor, bound, floor)
