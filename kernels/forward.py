@@ -736,12 +736,12 @@ def _adasplash_fwd_tau_out(
 
 
 def float32_bits(value):
-    """The bits of a Python float rounded to float32, as a signed int32
-    (``_adasplash_fwd_rowmax``); a symbolic value (a SymFloat under dynamic shapes)
-    passes through unchanged."""
+    """(argument, SCALE_AS_BITS) of ``_adasplash_fwd_rowmax`` for a scale: a Python float
+    as the bits of its float32 rounding, a signed int32, and True; a symbolic value (a
+    SymFloat under dynamic shapes) unchanged, and False."""
     if isinstance(value, float):
-        return struct.unpack("<i", struct.pack("<f", value))[0]
-    return value
+        return struct.unpack("<i", struct.pack("<f", value))[0], True
+    return value, False
 
 
 def _identity(kernel):
@@ -847,13 +847,13 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
         tau_out_tuning = _histogram_config(cfg)
     centre, radius = key_tile_summary(key, n_queries, seqlens_arg, has_seqlens, common["BLOCK_D"], bool(use_int64),
                                       wrap=wrap)
+    scale_argument, scale_as_bits = float32_bits(qk_scale)
     launch(rowmax_kernel)[grid](
         query, key, centre, radius, row_max, floor, bound, rel_bound, tile_list, seqlens_arg,
         *query.stride(), *key.stride(), *centre.stride(), *radius.stride(), *row_max.stride(), *bound.stride(),
         *tile_list.stride(),
-        n_queries, n_keys, group, float32_bits(qk_scale), alpha, 1.0 / (alpha - 1.0), tile_max.shape[3],
-        CENTRE_CHUNK=_CENTRE_CHUNK, SCAN=_TILE_SCAN, SCALE_AS_BITS=isinstance(qk_scale, float), **common,
-        **rowmax_tuning,
+        n_queries, n_keys, group, scale_argument, alpha, 1.0 / (alpha - 1.0), tile_max.shape[3],
+        CENTRE_CHUNK=_CENTRE_CHUNK, SCAN=_TILE_SCAN, SCALE_AS_BITS=scale_as_bits, **common, **rowmax_tuning,
     )
     if not with_output:
         return buffers

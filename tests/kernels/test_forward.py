@@ -164,9 +164,10 @@ def test_float32_bits_round_to_nearest_float32():
     # Inductor passes floats, costs it registers); they must be float32's rounding.
     for value in (0.0625, 0.5 / 3**0.5, 1.0 / 3.0, 0.5 * 128**-0.5, 1e-30, 3.4e38):
         expected = torch.tensor(value, dtype=torch.float32).view(torch.int32).item()
-        assert float32_bits(value) == expected, value
+        assert float32_bits(value) == (expected, True), value
     symbolic = object()
-    assert float32_bits(symbolic) is symbolic
+    argument, as_bits = float32_bits(symbolic)
+    assert argument is symbolic and as_bits is False
 
 
 @IN_BOTH_SUITES
