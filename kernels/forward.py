@@ -77,6 +77,11 @@ one program per (Z, H, BLOCK_M rows):
      bound > min TAU and rel_bound > min (TAU - m);
      each visited tile writes its tile_max, so the backward visits exactly the
      tiles holding a nonzero of P.
+   - fold (alpha = 1.5, 16-bit outputs; kernels/fold_output.py): after FOLD_AFTER (2)
+     sweeps, a block whose rows have not all converged runs the output pass at the
+     estimate with one more product per tile (sum h.V) and corrects tau and the output
+     from its sums, in place of the sweeps left; where the correction misses its
+     accuracy bound, the sweeps resume and the output pass runs again.
    Before each sweep and the output pass, ``list_active_tiles`` compacts the
    indices of the tiles to visit into int32 scratch (vector loads of the bounds
    plus a prefix sum), so the tile loops carry no per-tile branch or dependent
@@ -118,6 +123,13 @@ import triton
 import triton.language as tl
 
 from adasplash_compile.kernels.autotuning import autotuned, launch_options
+from adasplash_compile.kernels.fold_output import (
+    FOLD_AFTER,
+    FOLD_MAX_STEP,
+    fold_correction,
+    fold_output,
+    fold_tolerance,
+)
 from adasplash_compile.kernels.histogram_floor import HIST_BINS, histogram_add, histogram_floor
 from adasplash_compile.kernels.key_summary import key_tile_summary
 from adasplash_compile.kernels.masking import first_masked_tile, valid_lengths, visible_key_end, visible_tile
@@ -126,6 +138,7 @@ from adasplash_compile.kernels.tau import (
     alpha_mode,
     entmax_power,
     half_tail_gap,
+    positive_count,
     tau_accumulate,
     tau_init,
     tau_tolerance,
@@ -582,6 +595,101 @@ def list_active_tiles(bound_ptr, rel_bound_ptr, stride_tn, list_ptr, stride_ln, 
 
 
 @triton.jit
+def threshold_sweeps(q, k_base, bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles, first_masked, m_shift,
+                     lo, hi, tau, active, sweep, sweep_limit, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
+                     inv, tau_tol, stride_kn, stride_kd, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                     DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, BLOCK_N: tl.constexpr,
+                     NBINS: tl.constexpr, ALPHA_MODE: tl.constexpr, EDGE_UNROLL: tl.constexpr, SCAN: tl.constexpr):
+    """Threshold sweeps from sweep number ``sweep`` until every row has converged or
+    ``sweep_limit`` sweeps have run. Returns (lo, hi, tau', active, sweeps run so far)."""
+    n_active = tl.sum(active.to(tl.int32), 0)
+    while (sweep < sweep_limit) & (n_active > 0):
+        # A tile whose entries all lie at or below every active row's lower bracket
+        # end adds nothing to the tail statistics, in absolute or shifted units.
+        skip_below = tl.min(tl.where(active, m_shift + lo, float("inf")), 0)
+        rel_skip_below = tl.min(tl.where(active, lo, float("inf")), 0)
+        n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles,
+                                                 first_masked, skip_below, rel_skip_below, SCAN)
+        # The first sweep takes no counts (tau_update, COUNTS): two instructions fewer
+        # per entry and edge for alpha = 1.5, on the sweep over the widest bracket.
+        # COUNTS is a constexpr: one call per value.
+        if sweep == 0:
+            lo, hi, tau, active = threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo,
+                                                  hi, tau, active, offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
+                                                  qk_scale, inv, tau_tol, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL,
+                                                  DOT_PRECISION, USE_INT64, BLOCK_N, NBINS, ALPHA_MODE, EDGE_UNROLL,
+                                                  False)
+        else:
+            lo, hi, tau, active = threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo,
+                                                  hi, tau, active, offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
+                                                  qk_scale, inv, tau_tol, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL,
+                                                  DOT_PRECISION, USE_INT64, BLOCK_N, NBINS, ALPHA_MODE, EDGE_UNROLL,
+                                                  True)
+        n_active = tl.sum(active.to(tl.int32), 0)
+        sweep += 1
+    return lo, hi, tau, active, sweep
+
+
+@triton.jit
+def output_pass(q, k_base, v_base, bound_row, rel_row, tile_max_row, stride_tn, list_ptr, stride_ln, n_tiles,
+                first_masked, tau, tau_shifted, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv,
+                stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                ALPHA_MODE: tl.constexpr, SCAN: tl.constexpr, FOLD: tl.constexpr):
+    """The output pass at thresholds tau (absolute; +inf for rows that see nothing) over
+    the tiles that may hold an entry above them; each one visited records in tile_max
+    the largest z above its row's tau (-inf stays where there is none).
+
+    Returns (acc, acc_gap, l, gap_sum, count): with h = [z - tau]_+ / 2 per entry,
+    p = h^INV (``half_tail_gap``: p / 4 for alpha = 1.5, p / 2 for alpha = 2; the factor
+    cancels in acc / l), acc = sum p.V and l = sum p; FOLD (alpha = 1.5) adds
+    acc_gap = sum h.V, gap_sum = sum h and count = #(h > 0) for ``fold_correction``
+    (zeros otherwise).
+    """
+    n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles,
+                                             first_masked, tl.min(tau, 0), tl.min(tau_shifted, 0), SCAN)
+    acc = tl.zeros([offs_m.shape[0], BLOCK_D], tl.float32)
+    acc_gap = tl.zeros([offs_m.shape[0], BLOCK_D], tl.float32)
+    l_i = tl.zeros([offs_m.shape[0]], tl.float32)
+    gap_sum = tl.zeros([offs_m.shape[0]], tl.float32)
+    count = tl.zeros([offs_m.shape[0]], tl.int32)
+    for i in range(0, n_listed):
+        tile_n = tl.load(list_ptr + (i + 2) * stride_ln)
+        start_n = tile_n * BLOCK_N
+        qk = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
+                        stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
+        # half_tail_gap takes the scale, the subtract and the max in one instruction. Its
+        # half gap gives p / 4 (alpha = 1.5) or p / 2 (alpha = 2): the factor cancels in
+        # out = acc / l. Other alphas double it back: 2^-INV would push p out of fp16's
+        # range (and, towards alpha = 1, float32's). +inf thresholds (rows that see
+        # nothing) give -inf -> p = 0.
+        gap = half_tail_gap(qk, qk_scale, tau)
+        if ALPHA_MODE == 0:
+            gap = gap + gap
+        p = entmax_power(gap, inv, ALPHA_MODE)
+        l_i += tl.sum(p, 1)
+        # A row's largest z among its nonzeros is its largest z, if that one is nonzero:
+        # one max per entry instead of a compare, a select and a max. Scaling by
+        # qk_scale > 0 commutes with the max, rounding included.
+        row_max = tl.max(qk, 1) * qk_scale
+        support_max = tl.max(tl.where(row_max > tau, row_max, float("-inf")), 0)
+        tl.store(tile_max_row + tile_n * stride_tn, support_max)
+        cols = start_n + offs_n
+        if USE_INT64:
+            rows_n = cols.to(tl.int64)
+        else:
+            rows_n = cols
+        v_ptrs = v_base + rows_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        v = tl.load(v_ptrs, mask=(cols[:, None] < N) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        if FOLD:
+            gap_sum += tl.sum(gap, 1)
+            count += positive_count(gap)
+            acc_gap = tl.dot(gap.to(v.dtype), v, acc_gap, input_precision=DOT_PRECISION)
+    return acc, acc_gap, l_i, gap_sum, count
+
+
+@triton.jit
 def _adasplash_fwd_tau_out(
     q_ptr, k_ptr, v_ptr, out_ptr, m_ptr, floor_ptr, tau_ptr, bound_ptr, rel_bound_ptr, tile_max_ptr, tile_list_ptr,
     seqlens_ptr,
@@ -592,11 +700,11 @@ def _adasplash_fwd_tau_out(
     stride_tauz, stride_tauh, stride_taum,
     stride_tz, stride_th, stride_tm, stride_tn,
     stride_lz, stride_lh, stride_lm, stride_ln,
-    M, N, GROUP, qk_scale, alpha, inv, tau_tol,
+    M, N, GROUP, qk_scale, alpha, inv, tau_tol, fold_tol,
     HEAD_DIM: tl.constexpr, HAS_SEQLENS: tl.constexpr, IS_CAUSAL: tl.constexpr, ALPHA_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     NBINS: tl.constexpr, MAX_SWEEPS: tl.constexpr, EDGE_UNROLL: tl.constexpr,
-    SCAN: tl.constexpr,
+    SCAN: tl.constexpr, FOLD: tl.constexpr,
     DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
 ):
     """Threshold sweeps and the output pass for one row block.
@@ -614,6 +722,7 @@ def _adasplash_fwd_tau_out(
     alpha = tl.cast(alpha, tl.float32)
     inv = tl.cast(inv, tl.float32)
     tau_tol = tl.cast(tau_tol, tl.float32)
+    fold_tol = tl.cast(fold_tol, tl.float32)
     tl.static_assert(BLOCK_M == 64, "BLOCK_M must equal TILE_M: one program row block = one tile row")
     tl.static_assert(BLOCK_N == 64, "BLOCK_N must equal TILE_N: one key step = one tile")
     tl.static_assert((NBINS >= 2) and ((NBINS & (NBINS - 1)) == 0), "NBINS must be a power of two >= 2")
@@ -658,75 +767,50 @@ def _adasplash_fwd_tau_out(
     # The max sweep's floor <= tau raises the bracket's lower end above m - 1.
     floor_i = tl.load(floor_ptr + row_offset, mask=offs_m < M, other=float("-inf"))
     lo = tl.where(active, tl.minimum(tl.maximum(lo, floor_i - m_shift), hi), lo)
-    sweep = 0
-    n_active = tl.sum(active.to(tl.int32), 0)
-    while (sweep < MAX_SWEEPS) & (n_active > 0):
-        # A tile whose entries all lie at or below every active row's lower bracket
-        # end adds nothing to the tail statistics, in absolute or shifted units.
-        skip_below = tl.min(tl.where(active, m_shift + lo, float("inf")), 0)
-        rel_skip_below = tl.min(tl.where(active, lo, float("inf")), 0)
-        n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles,
-                                                 first_masked, skip_below, rel_skip_below, SCAN)
-        # The first sweep takes no counts (tau_update, COUNTS): two instructions fewer
-        # per entry and edge for alpha = 1.5, on the sweep over the widest bracket.
-        # COUNTS is a constexpr: one call per value.
-        if sweep == 0:
-            lo, hi, tau_i, active = threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo,
-                                                    hi, tau_i, active, offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
-                                                    qk_scale, inv, tau_tol, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL,
-                                                    DOT_PRECISION, USE_INT64, BLOCK_N, NBINS, ALPHA_MODE, EDGE_UNROLL,
-                                                    False)
-        else:
-            lo, hi, tau_i, active = threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo,
-                                                    hi, tau_i, active, offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
-                                                    qk_scale, inv, tau_tol, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL,
-                                                    DOT_PRECISION, USE_INT64, BLOCK_N, NBINS, ALPHA_MODE, EDGE_UNROLL,
-                                                    True)
-        n_active = tl.sum(active.to(tl.int32), 0)
-        sweep += 1
-
     sees_keys = has_keys & (n_i > 0)
-    tau_shifted = tl.where(sees_keys, tau_i, float("inf"))
-    tau_i = tl.where(sees_keys, m_shift + tau_i, float("inf"))
-    tl.store(tau_ptr + row_offset, tau_i, mask=offs_m < M)
-
-    # ---- output pass over the tiles that may hold a nonzero of P; each one visited
-    # records in tile_max the largest z of its nonzeros (-inf stays where there is none).
-    n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles,
-                                             first_masked, tl.min(tau_i, 0), tl.min(tau_shifted, 0), SCAN)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    for i in range(0, n_listed):
-        tile_n = tl.load(list_ptr + (i + 2) * stride_ln)
-        start_n = tile_n * BLOCK_N
-        qk = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
-                        stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
-        # half_tail_gap takes the scale, the subtract and the max in one instruction. Its
-        # half gap gives p / 4 (alpha = 1.5) or p / 2 (alpha = 2): the factor cancels in
-        # out = acc / l. Other alphas double it back: 2^-INV would push p out of fp16's
-        # range (and, towards alpha = 1, float32's). +inf thresholds (rows that see
-        # nothing) give -inf -> p = 0.
-        gap = half_tail_gap(qk, qk_scale, tau_i)
-        if ALPHA_MODE == 0:
-            gap = gap + gap
-        p = entmax_power(gap, inv, ALPHA_MODE)
-        l_i += tl.sum(p, 1)
-        # A row's largest z among its nonzeros is its largest z, if that one is nonzero:
-        # one max per entry instead of a compare, a select and a max. Scaling by
-        # qk_scale > 0 commutes with the max, rounding included.
-        row_max = tl.max(qk, 1) * qk_scale
-        support_max = tl.max(tl.where(row_max > tau_i, row_max, float("-inf")), 0)
-        tl.store(tile_max_row + tile_n * stride_tn, support_max)
-        cols = start_n + offs_n
-        if USE_INT64:
-            rows_n = cols.to(tl.int64)
-        else:
-            rows_n = cols
-        v_ptrs = v_base + rows_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-        v = tl.load(v_ptrs, mask=(cols[:, None] < N) & (offs_d[None, :] < HEAD_DIM), other=0.0)
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-    # Renormalise as entmax_bisect does; rows without keys have l = 0 -> exact zeros.
-    out = tl.where(l_i[:, None] > 0.0, acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None], 0.0)
+    sweep = tl.zeros([], tl.int32)
+    folded = tl.zeros([], tl.int32)
+    out = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if FOLD:
+        # Stop after FOLD_AFTER sweeps and let the output pass finish the rows still
+        # active (kernels/fold_output.py); where its correction is not accurate enough,
+        # the sweeps resume below and the output pass runs again.
+        lo, hi, tau_i, active, sweep = threshold_sweeps(
+            q, k_base, bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles, first_masked, m_shift, lo, hi,
+            tau_i, active, sweep, FOLD_AFTER, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, tau_tol,
+            stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, BLOCK_N, NBINS, ALPHA_MODE,
+            EDGE_UNROLL, SCAN)
+        if tl.sum(active.to(tl.int32), 0) > 0:
+            # The estimate: for alpha = 1.5 the closed form, at or above tau' and within
+            # about 2^-12 of it after two sweeps (kernels/fold_output.py).
+            tau_hat = tau_i
+            acc, acc_gap, l_i, gap_sum, count = output_pass(
+                q, k_base, v_base, bound_row, rel_row, tile_max_row, stride_tn, list_ptr, stride_ln, n_tiles,
+                first_masked, tl.where(sees_keys, m_shift + tau_hat, float("inf")),
+                tl.where(sees_keys, tau_hat, float("inf")), offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
+                qk_scale, inv, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION,
+                USE_INT64, BLOCK_N, BLOCK_D, ALPHA_MODE, SCAN, True)
+            step, accurate = fold_correction(l_i, gap_sum, count, active, fold_tol, FOLD_MAX_STEP)
+            if tl.min(accurate.to(tl.int32), 0) > 0:
+                tau_i = tau_hat + step
+                out = fold_output(acc, acc_gap, l_i, gap_sum, step)
+                folded = tl.full([], 1, tl.int32)
+    if folded == 0:
+        lo, hi, tau_i, active, sweep = threshold_sweeps(
+            q, k_base, bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles, first_masked, m_shift, lo, hi,
+            tau_i, active, sweep, MAX_SWEEPS, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, tau_tol,
+            stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, BLOCK_N, NBINS, ALPHA_MODE,
+            EDGE_UNROLL, SCAN)
+        # ---- output pass over the tiles that may hold a nonzero of P; each one visited
+        # records in tile_max the largest z of its nonzeros (-inf stays where there is none).
+        acc, acc_gap, l_i, gap_sum, count = output_pass(
+            q, k_base, v_base, bound_row, rel_row, tile_max_row, stride_tn, list_ptr, stride_ln, n_tiles,
+            first_masked, tl.where(sees_keys, m_shift + tau_i, float("inf")), tl.where(sees_keys, tau_i, float("inf")),
+            offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, stride_kn, stride_kd, stride_vn,
+            stride_vd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, BLOCK_N, BLOCK_D, ALPHA_MODE, SCAN, False)
+        # Renormalise as entmax_bisect does; rows without keys have l = 0 -> exact zeros.
+        out = tl.where(l_i[:, None] > 0.0, acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None], 0.0)
+    tl.store(tau_ptr + row_offset, tl.where(sees_keys, m_shift + tau_i, float("inf")), mask=offs_m < M)
     out_ptrs = (out_ptr + off_z * stride_oz + off_h * stride_oh + rows_m[:, None] * stride_om
                 + offs_d[None, :] * stride_od)
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_d[None, :] < HEAD_DIM))
@@ -862,6 +946,7 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
         *query.stride(), *key.stride(), *value.stride(), *out.stride(), *tau.stride(), *tile_max.stride(),
         *tile_list.stride(),
         n_queries, n_keys, group, qk_scale, alpha, 1.0 / (alpha - 1.0), tau_tolerance(alpha, query.dtype),
-        SCAN=_TILE_SCAN, **common, **tau_out_tuning,
+        fold_tolerance(alpha, query.dtype), SCAN=_TILE_SCAN, FOLD=fold_tolerance(alpha, query.dtype) > 0.0,
+        **common, **tau_out_tuning,
     )
     return buffers

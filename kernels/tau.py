@@ -154,13 +154,13 @@ def half_tail_gap(z, scale, e):
     instructions, the max on the ALU pipe, which bound the sweeps before this form
     (ncu, mid at N = 32768: ALU 67% busy then, 31% now).
     """
-    # + 0.0 turns -0.0 into +0.0 (e = +0.0), so that h is never -0.0 (``_positive_count``).
+    # + 0.0 turns -0.0 into +0.0 (e = +0.0), so that h is never -0.0 (``positive_count``).
     c = (-0.5 * e + 0.0)[:, None]
     return tl.minimum(tl.maximum(z * (0.5 * scale) + c, 0.0), 1.0)
 
 
 @triton.jit
-def _positive_count(h):
+def positive_count(h):
     """Per-row count of h > 0 for h >= 0 (ROWS, COLS), never -0.0 (``half_tail_gap``):
     min(bits, 1) is 1 exactly where h > 0, one integer min and add per entry, where a
     sum of (h > 0) cast to int32 compiled to bit packing, about five instructions, and
@@ -177,12 +177,12 @@ def _edge_statistics(h, inv, ALPHA_MODE: tl.constexpr, SLOPE: tl.constexpr, COUN
     two, exact.
     """
     if ALPHA_MODE == 2:
-        count = _positive_count(h)
+        count = positive_count(h)
         f_j = 2.0 * tl.sum(h, 1)
         g_j = count.to(tl.float32)
     elif ALPHA_MODE == 1:
         if COUNTS:
-            count = _positive_count(h)
+            count = positive_count(h)
         else:
             count = tl.zeros([h.shape[0]], tl.int32)
         f_j = 4.0 * tl.sum(h * h, 1)

@@ -1,0 +1,91 @@
+"""Folding the last threshold sweep of a 1.5-entmax row block into its output pass.
+
+For alpha = 1.5, p_j = (z_j - tau)^2 on the support, normalised so that
+f(tau) = sum_j [z_j - tau]_+^2 = 1. The output pass runs at the threshold estimate t
+left by the sweeps (kernels/tau.py: the closed form, at or above tau) and gathers,
+over the entries above t with g_j = z_j - t,
+
+    F = sum g^2,  G = sum g,  C = #{g > 0},  A = sum g^2 v,  B = sum g v.
+
+With d = tau - t (d <= 0), every entry above t is in the support and contributes
+(g - d)^2 = g^2 - 2 d g + d^2, so tau solves F - 2 d G + d^2 C = 1 (smaller root, no
+cancellation: d = (F - 1) / (G + sqrt(G^2 - C (F - 1)))) and
+
+    out = (A - 2 d B + d^2 sum v) / (F - 2 d G + d^2 C).
+
+Dropping d^2 sum v, and correspondingly d^2 C, gives out' = (A - 2 d B) / (F - 2 d G),
+off by d^2 sum_j (out - v_j) / (1 - d^2 C), at most about 2 d^2 C max|v|. The entries
+in (tau, t] are left out: each has p <= d^2 and z - tau <= |d|. The pass therefore
+costs one more small product per tile (B) in place of a whole threshold sweep.
+
+``fold_tolerance`` bounds d^2 C per row at 2^-(bits + 4) for a 16-bit output (bits
+its significand, as in ``tau_tolerance``), so out' is within 1/8 of the output's
+unit roundoff times max|v| (plus the entries left out, each with p <= d^2: none in the
+simulation below), and FOLD_MAX_STEP bounds |d|, so the backward's tiles (tile_max) miss only entries within
+2^-11 of tau, where p <= 2^-22. A row block whose rows do not all meet both falls
+back to more sweeps and a plain output pass.
+
+CPU simulation (12 row blocks each of the benchmark's mid workload, after FOLD_AFTER = 2
+sweeps; /tmp/sim3/foldout_t.py): every block still had active rows (138 of 768 rows at
+N = 8192, 258 at 32768); the largest d^2 C was 3.1e-5 and 2.4e-4 (bf16's bound 2^-12 =
+2.4e-4), the largest |d| 2.4e-4 and 4.7e-4 (under 2^-12, 7 of the 12 blocks at 32768),
+the output's max error against the exact one 4.6e-6 and 3.1e-5, tau's 7e-9 and 2.5e-8.
+Expanding at the bracket's lower end instead of the estimate gave d^2 C up to 3.6e-4 and
+1.2e-3 and output errors up to 2.1e-4.
+
+H100 (bf16, B=1, H=16, D=128, causal; same-process A/B against the sweeps-only forward):
+the forward falls 12.7% on mid at N = 32768 (22.08 -> 19.27 ms), 8.3% on mid at 8192,
+7.2% on high at 32768 and 4.7% on dense at 8192, with outputs within one bf16 step of
+the sweeps'. tau_out compiles to 255 registers and 56 bytes of stack with FOLD (triton
+3.6); 8 warps or 1 or 3 stages were slower still.
+"""
+
+import triton
+import triton.language as tl
+
+from adasplash_compile.kernels.tau import alpha_mode, ALPHA_ONE_HALF
+
+# Sweeps before the output pass takes over; after one the estimate is too far off
+# (CPU simulation: corrections up to 5.6e-2 on mid at N = 8192).
+FOLD_AFTER: tl.constexpr = tl.constexpr(2)
+# Largest |tau - t| folded (shifted units): the entries the output pass and tile_max
+# then leave out have p <= FOLD_MAX_STEP^2.
+FOLD_MAX_STEP: tl.constexpr = tl.constexpr(2.0**-11)
+
+_SIGNIFICAND_BITS = {"bfloat16": 8, "float16": 11}
+
+
+def fold_tolerance(alpha: float, dtype) -> float:
+    """The bound on d^2 C per row (module docstring) for outputs of dtype; 0.0 where the
+    forward does not fold: alpha other than 1.5, or float32 outputs."""
+    bits = _SIGNIFICAND_BITS.get(str(dtype).rsplit(".", 1)[-1])
+    if bits is None or alpha_mode(alpha) != ALPHA_ONE_HALF:
+        return 0.0
+    return 2.0 ** -(bits + 4)
+
+
+@triton.jit
+def fold_correction(l_i, gap_sum, count, active, fold_tol, MAX_STEP: tl.constexpr):
+    """(d, accurate) per row from the output pass's sums at t (``output_pass`` in
+    kernels/forward.py, FOLD): l_i = sum h^2 and gap_sum = sum h with h = g / 2, count = C.
+
+    d = tau - t for the rows still active (0 for the others, whose t is final);
+    accurate is False where the folded output would miss its bound (module docstring).
+    """
+    f = 4.0 * l_i
+    g = 2.0 * gap_sum
+    c = count.to(tl.float32)
+    disc = g * g - c * (f - 1.0)
+    step = (f - 1.0) / tl.maximum(g + tl.sqrt(tl.maximum(disc, 0.0)), 1e-30)
+    step = tl.where(active, step, 0.0)
+    accurate = ~active | ((disc >= 0.0) & (step * step * c <= fold_tol) & (tl.abs(step) <= MAX_STEP))
+    return step, accurate
+
+
+@triton.jit
+def fold_output(acc, acc_gap, l_i, gap_sum, step):
+    """out' = (A - 2 d B) / (F - 2 d G) in the pass's half units (A = 4 acc, B = 2 acc_gap,
+    F = 4 l_i, G = 2 gap_sum); 0 for rows without entries above t."""
+    norm = l_i - step * gap_sum
+    return tl.where(norm[:, None] > 0.0, (acc - step[:, None] * acc_gap) / tl.where(norm > 0.0, norm, 1.0)[:, None],
+                    0.0)
