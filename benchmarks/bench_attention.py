@@ -401,6 +401,40 @@ def measure_cell(fn, q, k, v, grad, *, warmup: int, rep: int, min_samples: int) 
     return cell
 
 
+def compiled_against_eager(eager, compiled, q, k, v, grad, *, rounds: int, warmup: int, rep: int,
+                           min_samples: int) -> dict:
+    """Best-of-rounds medians (ms) of our eager and compiled op, forward and forward+backward,
+    the two alternating round by round on the same inputs.
+
+    The main tables time each implementation once, one after the other, so clock and
+    thermal drift between the two can read as a few percent either way; alternating and
+    keeping each one's best round leaves the difference between the builds.
+    """
+    qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+
+    def forward(fn):
+        def call():
+            with torch.no_grad():
+                return fn(q, k, v)
+        return call
+
+    def step(fn):
+        def call():
+            return torch.autograd.grad(fn(qg, kg, vg), (qg, kg, vg), grad)
+        return call
+
+    best = {}
+    for mode, wrap in (("fwd", forward), ("fwd_bwd", step)):
+        calls = {"eager": wrap(eager), "compiled": wrap(compiled)}
+        for _ in range(rounds):
+            for build, call in calls.items():
+                ms = _median_ms(call, _timed_first_call(call), warmup, rep, min_samples)
+                key = f"{mode}_{build}_ms"
+                best[key] = min(best.get(key, float("inf")), ms)
+        best[f"{mode}_ratio"] = best[f"{mode}_compiled_ms"] / best[f"{mode}_eager_ms"]
+    return best
+
+
 class Run:
     """Holds the results dict, writes it as it grows, and stops GPU work after a fatal error."""
 
@@ -418,6 +452,7 @@ class Run:
             "sparsity": [],
             "cells": [],
             "first_call": None,
+            "compiled_vs_eager": [],
             "skipped": [],
         }
 
@@ -468,6 +503,7 @@ class Run:
             self.save()
             return
         cells = []
+        built = {}
         order = sorted(self.args.impls, key=lambda name: name != BASELINE)  # baseline first
         for impl in order:
             if self.fatal:
@@ -480,6 +516,7 @@ class Run:
             except Exception as exc:  # noqa: BLE001
                 record["fwd_error"] = record["fwd_bwd_error"] = _error_text(exc)
             else:
+                built[impl] = fn
                 record.update(measure_cell(fn, q, k, v, grad, warmup=self.args.warmup, rep=self.args.rep,
                                            min_samples=self.args.min_samples))
                 if record.pop("fatal", False):
@@ -497,7 +534,18 @@ class Run:
                 if record.get(key) is not None and base.get(key):
                     record["ratio_" + key[:-3]] = record[key] / base[key]
         self.results["cells"].extend(cells)
-        del q, k, v, grad
+        measured = {c["impl"] for c in cells if c.get("fwd_ms") is not None and c.get("fwd_bwd_ms") is not None}
+        if self.args.compiled_rounds and {"ours", "ours_compiled"} <= measured and not self.fatal:
+            try:
+                ratios = compiled_against_eager(built["ours"], built["ours_compiled"], q, k, v, grad,
+                                                rounds=self.args.compiled_rounds, warmup=self.args.warmup,
+                                                rep=self.args.rep, min_samples=self.args.min_samples)
+            except Exception as exc:  # noqa: BLE001
+                ratios = {"error": _error_text(exc)}
+            self.results["compiled_vs_eager"].append({**asdict(case), **ratios})
+            self.log(f"{case.variant:>20} {case.workload:>5} N={case.n:<6} compiled/eager "
+                     f"{ratios.get('fwd_ratio', float('nan')):.3f} / {ratios.get('fwd_bwd_ratio', float('nan')):.3f}")
+        del q, k, v, grad, built
         self.save()
 
     # -- accuracy at a small N -----------------------------------------------------------
@@ -630,6 +678,7 @@ def _environment(args) -> dict:
         "compile_dynamic": args.dynamic,
         "rep_ms": args.rep,
         "min_samples": args.min_samples,
+        "compiled_rounds": args.compiled_rounds,
         "timing": "triton.testing.do_bench, median; fwd under no_grad; fwd+bwd = out + autograd.grad",
     }
     try:
@@ -847,6 +896,25 @@ def render_first_call_table(results) -> list[str]:
     return lines
 
 
+def render_compiled_table(results) -> list[str]:
+    rows = results.get("compiled_vs_eager") or []
+    if not rows:
+        return []
+    rounds = results["meta"].get("compiled_rounds")
+
+    def pair(r, mode):
+        if r.get("error"):
+            return _short(r["error"])
+        eager, compiled = r[f"{mode}_eager_ms"], r[f"{mode}_compiled_ms"]
+        return f"{eager:.2f} / {compiled:.2f} ({100 * (compiled / eager - 1):+.1f}%)"
+
+    lines = ["", f"### Ours compiled against ours eager, alternating in one process (best of {rounds} "
+                 "rounds each), ms: eager / compiled (compiled vs eager)", ""]
+    lines += _table(["variant", "workload", "N", "fwd", "fwd+bwd"],
+                    [[r["variant"], r["workload"], str(r["n"]), pair(r, "fwd"), pair(r, "fwd_bwd")] for r in rows])
+    return lines
+
+
 def render_markdown(results) -> str:
     meta = results["meta"]
     lines = [
@@ -869,6 +937,7 @@ def render_markdown(results) -> str:
         lines += ["", f"**Skipped, past --budget-s {meta.get('budget_s')} s:** " + "; ".join(results["skipped"])]
     lines += render_main_tables(results)
     lines += render_extra_table(results)
+    lines += render_compiled_table(results)
     lines += render_accuracy_table(results)
     lines += render_first_call_table(results)
     return "\n".join(lines) + "\n"
@@ -1071,6 +1140,8 @@ def parse_args(argv=None):
                         "across N) instead of one static graph per N")
     parser.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetitions, ms")
+    parser.add_argument("--compiled-rounds", type=int, default=3,
+                        help="alternating rounds of ours eager and compiled per case (0: none)")
     parser.add_argument("--min-samples", type=int, default=10,
                         help="time at least about this many calls per cell, whatever --rep says")
     parser.add_argument("--check-cpu", action="store_true",
@@ -1130,7 +1201,7 @@ def main(argv=None) -> int:
     # The device returns only the tail of the output: the main tables go last.
     results = run.results
     for block in (render_accuracy_table(results), render_first_call_table(results),
-                  render_extra_table(results), render_main_tables(results)):
+                  render_extra_table(results), render_compiled_table(results), render_main_tables(results)):
         print("\n".join(block))
     if run.fatal:
         print(f"\nSTOPPED EARLY (CUDA context lost): {run.fatal}")
