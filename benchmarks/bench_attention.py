@@ -1101,6 +1101,16 @@ def check_cpu() -> int:
         print(f"     reference zero weights {100 * stats['zero_weight_fraction']:.1f}%, "
               f"zero tiles {stats['zero_tile_fraction']}")
 
+    # 4. The compiled-against-eager table: the sign and size of the difference, errors kept.
+    rows = [{"variant": "main", "workload": "mid", "n": 8192, "fwd_eager_ms": 2.0, "fwd_compiled_ms": 2.1,
+             "fwd_bwd_eager_ms": 4.0, "fwd_bwd_compiled_ms": 3.9},
+            {"variant": "main", "workload": "high", "n": 8192, "error": "RuntimeError: out of memory"}]
+    table = render_compiled_table({"meta": {"compiled_rounds": 3}, "compiled_vs_eager": rows})
+    expect("| main | mid | 8192 | 2.00 / 2.10 (+5.0%) | 4.00 / 3.90 (-2.5%) |" in table
+           and "| main | high | 8192 | RuntimeError: out of memory | RuntimeError: out of memory |" in table
+           and any("best of 3 rounds" in line for line in table),
+           "compiled-against-eager table: eager / compiled (compiled vs eager)")
+
     print(f"{len(failures)} failed" if failures else "all CPU checks passed")
     return 1 if failures else 0
 
@@ -1148,6 +1158,8 @@ def parse_args(argv=None):
                         help="run the CPU self-checks (generators, sparsity count, references) and exit")
     parser.add_argument("--first-call-child", choices=("eager", "compiled"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.compiled_rounds < 0:
+        parser.error(f"--compiled-rounds must be >= 0, got {args.compiled_rounds}")
     if args.n is None:
         args.n = list(QUICK_N if args.quick else MAIN_N)
     if args.extra_n is None:
