@@ -43,7 +43,7 @@ the sweeps'. tau_out compiles to 255 registers and 56 bytes of stack with FOLD (
 import triton
 import triton.language as tl
 
-from adasplash_compile.kernels.tau import alpha_mode, ALPHA_ONE_HALF
+from adasplash_compile.kernels.tau import alpha_mode, ALPHA_ONE_HALF, significand_bits
 
 # Sweeps before the output pass takes over; after one the estimate is too far off
 # (CPU simulation: corrections up to 5.6e-2 on mid at N = 8192).
@@ -52,14 +52,13 @@ FOLD_AFTER: tl.constexpr = tl.constexpr(2)
 # then leave out have p <= FOLD_MAX_STEP^2.
 FOLD_MAX_STEP: tl.constexpr = tl.constexpr(2.0**-11)
 
-_SIGNIFICAND_BITS = {"bfloat16": 8, "float16": 11}
-
-
 def fold_tolerance(alpha: float, dtype) -> float:
     """The bound on d^2 C per row (module docstring) for outputs of dtype; 0.0 where the
     forward does not fold: alpha other than 1.5, or float32 outputs."""
-    bits = _SIGNIFICAND_BITS.get(str(dtype).rsplit(".", 1)[-1])
-    if bits is None or alpha_mode(alpha) != ALPHA_ONE_HALF:
+    if alpha_mode(alpha) != ALPHA_ONE_HALF:
+        return 0.0
+    bits = significand_bits(dtype)
+    if bits >= significand_bits("float32"):
         return 0.0
     return 2.0 ** -(bits + 4)
 

@@ -783,16 +783,15 @@ def _adasplash_fwd_tau_out(
         if tl.sum(active.to(tl.int32), 0) > 0:
             # The estimate: for alpha = 1.5 the closed form, at or above tau' and within
             # about 2^-12 of it after two sweeps (kernels/fold_output.py).
-            tau_hat = tau_i
             acc, acc_gap, l_i, gap_sum, count = output_pass(
                 q, k_base, v_base, bound_row, rel_row, tile_max_row, stride_tn, list_ptr, stride_ln, n_tiles,
-                first_masked, tl.where(sees_keys, m_shift + tau_hat, float("inf")),
-                tl.where(sees_keys, tau_hat, float("inf")), offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
+                first_masked, tl.where(sees_keys, m_shift + tau_i, float("inf")),
+                tl.where(sees_keys, tau_i, float("inf")), offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
                 qk_scale, inv, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION,
                 USE_INT64, BLOCK_N, BLOCK_D, ALPHA_MODE, SCAN, True)
             step, accurate = fold_correction(l_i, gap_sum, count, active, fold_tol, FOLD_MAX_STEP)
             if tl.min(accurate.to(tl.int32), 0) > 0:
-                tau_i = tau_hat + step
+                tau_i = tau_i + step
                 out = fold_output(acc, acc_gap, l_i, gap_sum, step)
                 folded = tl.full([], 1, tl.int32)
     if folded == 0:
@@ -941,12 +940,13 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     )
     if not with_output:
         return buffers
+    fold_tol = fold_tolerance(alpha, query.dtype)
     launch(tau_out_kernel)[grid](
         query, key, value, out, row_max, floor, tau, bound, rel_bound, tile_max, tile_list, seqlens_arg,
         *query.stride(), *key.stride(), *value.stride(), *out.stride(), *tau.stride(), *tile_max.stride(),
         *tile_list.stride(),
         n_queries, n_keys, group, qk_scale, alpha, 1.0 / (alpha - 1.0), tau_tolerance(alpha, query.dtype),
-        fold_tolerance(alpha, query.dtype), SCAN=_TILE_SCAN, FOLD=fold_tolerance(alpha, query.dtype) > 0.0,
+        fold_tol, SCAN=_TILE_SCAN, FOLD=fold_tol > 0.0,
         **common, **tau_out_tuning,
     )
     return buffers

@@ -74,6 +74,11 @@ TINY: tl.constexpr = tl.constexpr(1e-30)
 _SIGNIFICAND_BITS = {"bfloat16": 8, "float16": 11, "float32": 24}
 
 
+def significand_bits(dtype) -> int:
+    """Significand bits of an output dtype (a torch dtype or its name); KeyError for others."""
+    return _SIGNIFICAND_BITS[str(dtype).rsplit(".", 1)[-1]]
+
+
 def tau_tolerance(alpha: float, dtype) -> float:
     """Bracket width at which the attention forward stops refining tau, for outputs of dtype.
 
@@ -87,7 +92,7 @@ def tau_tolerance(alpha: float, dtype) -> float:
     outputs keep it. A bf16 output thus needs about one refinement sweep fewer per
     row block, without a visible change.
     """
-    bits = _SIGNIFICAND_BITS[str(dtype).rsplit(".", 1)[-1]]
+    bits = significand_bits(dtype)
     return max(TAU_TOL, 2.0 ** -(bits + 7) * min(1.0, 8.0 * (alpha - 1.0)))
 
 
