@@ -358,13 +358,29 @@ def _median_ms(fn, first_call_s: float, warmup: int, rep: int, min_samples: int)
     return do_bench(fn, warmup=max(warmup, call_ms), rep=max(rep, min_samples * call_ms), return_mode="median")
 
 
-def measure_cell(fn, q, k, v, grad, *, warmup: int, rep: int, min_samples: int) -> dict:
-    """Forward and forward+backward medians (ms), first-call times (s), fwd+bwd peak memory."""
-    cell = {}
-
+def forward_call(fn, q, k, v) -> Callable:
+    """The timed forward: fn on (q, k, v) under no_grad."""
     def forward():
         with torch.no_grad():
             return fn(q, k, v)
+    return forward
+
+
+def step_call(fn, q, k, v, grad) -> Callable:
+    """The timed forward+backward: out = fn on leaves copied from (q, k, v), then their
+    gradients for grad."""
+    qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+
+    def step():
+        out = fn(qg, kg, vg)
+        return torch.autograd.grad(out, (qg, kg, vg), grad)
+    return step
+
+
+def measure_cell(fn, q, k, v, grad, *, warmup: int, rep: int, min_samples: int) -> dict:
+    """Forward and forward+backward medians (ms), first-call times (s), fwd+bwd peak memory."""
+    cell = {}
+    forward = forward_call(fn, q, k, v)
 
     try:
         cell["first_fwd_s"] = _timed_first_call(forward)
@@ -376,12 +392,7 @@ def measure_cell(fn, q, k, v, grad, *, warmup: int, rep: int, min_samples: int) 
             return cell
         torch.cuda.empty_cache()
 
-    qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
-
-    def step():
-        out = fn(qg, kg, vg)
-        return torch.autograd.grad(out, (qg, kg, vg), grad)
-
+    step = step_call(fn, q, k, v, grad)
     try:
         cell["first_fwd_bwd_s"] = _timed_first_call(step)
         cell["fwd_bwd_ms"] = _median_ms(step, cell["first_fwd_bwd_s"], warmup, rep, min_samples)
@@ -410,21 +421,9 @@ def compiled_against_eager(eager, compiled, q, k, v, grad, *, rounds: int, warmu
     thermal drift between the two can read as a few percent either way; alternating and
     keeping each one's best round leaves the difference between the builds.
     """
-    qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
-
-    def forward(fn):
-        def call():
-            with torch.no_grad():
-                return fn(q, k, v)
-        return call
-
-    def step(fn):
-        def call():
-            return torch.autograd.grad(fn(qg, kg, vg), (qg, kg, vg), grad)
-        return call
-
     best = {}
-    for mode, wrap in (("fwd", forward), ("fwd_bwd", step)):
+    modes = (("fwd", lambda fn: forward_call(fn, q, k, v)), ("fwd_bwd", lambda fn: step_call(fn, q, k, v, grad)))
+    for mode, wrap in modes:
         calls = {"eager": wrap(eager), "compiled": wrap(compiled)}
         for _ in range(rounds):
             for build, call in calls.items():
@@ -643,16 +642,7 @@ def first_call_child(mode: str, n: int):
     fn = lambda q, k, v: adasplash(q, k, v, alpha=case.alpha, is_causal=case.is_causal)  # noqa: E731
     if mode == "compiled":
         fn = torch.compile(fn, fullgraph=True, dynamic=False)
-    qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
-
-    def forward():
-        with torch.no_grad():
-            fn(q, k, v)
-
-    def step():
-        torch.autograd.grad(fn(qg, kg, vg), (qg, kg, vg), grad)
-
-    for name, call in (("fwd", forward), ("fwd_bwd", step)):
+    for name, call in (("fwd", forward_call(fn, q, k, v)), ("fwd_bwd", step_call(fn, q, k, v, grad))):
         try:
             report[f"first_{name}_s"] = _timed_first_call(call)
             report[f"second_{name}_s"] = _timed_first_call(call)
