@@ -422,8 +422,12 @@ def _adasplash_bwd_dq(
     delta = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     u_key = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # Index idx + 1 is read at the top of step idx: read at the bottom, next to the
+    # copies of the next tile that need it, its latency delayed them on every step.
+    next_tile = tl.load(index_base + count - 1, mask=count > 0, other=0)
     for idx in range(0, count):
-        tile_n = tl.load(index_base + count - 1 - idx)
+        tile_n = next_tile
+        next_tile = tl.load(index_base + count - 2 - idx, mask=idx + 1 < count, other=0)
         for sub in tl.static_range(TILE_N // BLOCK_N):
             u, dp, k = _adasplash_bwd_dq_step(
                 q, do, tau, k_base, v_base, k_offs, v_offs, tile_n * TILE_N + sub * BLOCK_N, offs_m, offs_n, d_ok,
@@ -512,8 +516,11 @@ def _adasplash_bwd_dkdv(
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    # As in the dQ kernel, entry idx + 1 is read at the top of step idx.
+    next_entry = tl.load(index_base, mask=count > 0, other=0)
     for idx in range(0, count):
-        entry = tl.load(index_base + idx)
+        entry = next_entry
+        next_entry = tl.load(index_base + idx + 1, mask=idx + 1 < count, other=0)
         g = entry // n_row_tiles
         tile_m = entry - g * n_row_tiles
         head = kv_head * group_size + g
