@@ -1,0 +1,183 @@
+"""Our kernels from two or more builds of this package, timed side by side in one process.
+
+A kernel change is judged against the build before it on the same GPU, the same inputs
+and the same clock: timings from separate runs drift by a few percent, as much as many
+changes gain. Each build is a folder that ``pip install --target`` filled:
+
+    git archive <base commit> | (mkdir -p /tmp/base && tar -x -C /tmp/base)
+    python -m pip install -q --no-deps --no-build-isolation --target /tmp/base_site /tmp/base
+    python -m pip install -q --no-deps --no-build-isolation --target /tmp/new_site .
+    python benchmarks/compare_builds.py base=/tmp/base_site new=/tmp/new_site
+
+For each case (workload:N, bf16, B=1, H=16, D=128, causal, alpha=1.5, inputs from
+workloads.py) it times, per build, the max sweep alone (``kernels.forward.max_sweep``),
+the forward (``attention_forward``: every forward kernel) and the backward
+(``attention_backward`` on that build's own tau and tile_max). ``--rounds`` rounds
+alternate the builds and each keeps its best round (do_bench median, ms). Every build
+after the first is compared with the first: ratios, and whether its outputs (out, tau,
+tile_max, the three gradients) are bitwise equal, else their largest differences.
+
+``--device cpu`` runs the same on CPU tensors under TRITON_INTERPRET=1 with one timed
+call each: a check of the script, not a measurement.
+"""
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+ALPHA = 1.5
+DEFAULT_CASES = ("mid:8192", "mid:32768", "high:32768", "dense:8192")
+
+
+def load_build(site: str) -> dict:
+    """The forward and backward kernel modules of the build installed in ``site``.
+
+    Modules of earlier builds are dropped from sys.modules first, so each build imports
+    its own copy; the kernel objects stay alive through the returned references.
+    """
+    if not (Path(site) / "adasplash_compile" / "kernels" / "forward.py").is_file():
+        raise SystemExit(f"compare_builds: {site!r} holds no installed adasplash_compile (pip install --target)")
+    for name in [m for m in sys.modules if m == "adasplash_compile" or m.startswith("adasplash_compile.")]:
+        del sys.modules[name]
+    sys.path.insert(0, site)
+    try:
+        forward = importlib.import_module("adasplash_compile.kernels.forward")
+        backward = importlib.import_module("adasplash_compile.kernels.backward")
+    finally:
+        sys.path.remove(site)
+    return {"forward": forward, "backward": backward}
+
+
+def parse_case(text: str) -> tuple:
+    import workloads as wl
+
+    workload, _, n = text.partition(":")
+    if workload not in wl.WORKLOADS or not n.isdigit() or int(n) < 1:
+        raise argparse.ArgumentTypeError(f"a case is workload:N with workload in {wl.WORKLOADS}, got {text!r}")
+    return workload, int(n)
+
+
+def parse_build(text: str) -> tuple:
+    name, sep, site = text.partition("=")
+    if not sep or not name or not site:
+        raise argparse.ArgumentTypeError(f"a build is name=site-folder, got {text!r}")
+    return name, site
+
+
+def make_timer(device: str):
+    if device == "cuda":
+        from triton.testing import do_bench
+
+        return lambda fn: do_bench(fn, warmup=10, rep=60, return_mode="median")
+
+    def once(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e3
+
+    return once
+
+
+def run_build(build: dict, q, k, v, grad, scale: float) -> tuple:
+    """(max sweep, forward, backward) callables of one build and its outputs."""
+    fwd, bwd = build["forward"], build["backward"]
+    out, tau, tile_max = fwd.attention_forward(q, k, v, ALPHA, True, scale, None)
+    grads = bwd.attention_backward(grad, q, k, v, tau, tile_max, ALPHA, True, scale, None)
+    calls = (
+        lambda: fwd.max_sweep(q, k, ALPHA, True, scale),
+        lambda: fwd.attention_forward(q, k, v, ALPHA, True, scale, None),
+        lambda: bwd.attention_backward(grad, q, k, v, tau, tile_max, ALPHA, True, scale, None),
+    )
+    return calls, (out, tau, tile_max, *grads)
+
+
+def difference(base: tuple, other: tuple) -> str:
+    """'bitwise equal', or the largest |difference| of each output that differs."""
+    import torch
+
+    names = ("out", "tau", "tile_max", "dq", "dk", "dv")
+    differing = []
+    for name, a, b in zip(names, base, other):
+        if torch.equal(a, b):
+            continue
+        if name == "tile_max":
+            same_support = bool((torch.isfinite(a) == torch.isfinite(b)).all())
+            differing.append(f"tile_max support {'same' if same_support else 'differs'}")
+            continue
+        finite = torch.isfinite(a) & torch.isfinite(b)
+        gap = (a.float() - b.float()).abs().masked_fill(~finite, 0).max().item()
+        differing.append(f"{name} {gap:.1e}")
+    return "bitwise equal" if not differing else ", ".join(differing)
+
+
+def compare(builds: dict, cases: list, rounds: int, device: str) -> list:
+    import torch
+    import workloads as wl
+
+    timer = make_timer(device)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    rows = []
+    for workload, n in cases:
+        q, k, v = wl.make_inputs(workload, n, dtype=dtype, device=device)
+        grad = torch.randn_like(q)
+        scale = q.shape[-1] ** -0.5
+        runs = {name: run_build(build, q, k, v, grad, scale) for name, build in builds.items()}
+        best = {name: [float("inf")] * 3 for name in builds}
+        for _ in range(rounds):
+            for name, (calls, _) in runs.items():
+                best[name] = [min(b, timer(call)) for b, call in zip(best[name], calls)]
+        first = next(iter(builds))
+        for name in builds:
+            rows.append({
+                "case": f"{workload} {n}", "build": name, "ms": best[name],
+                "ratio": [t / b for t, b in zip(best[name], best[first])],
+                "outputs": "reference" if name == first else difference(runs[first][1], runs[name][1]),
+            })
+        del q, k, v, grad, runs
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def render(rows: list) -> str:
+    lines = ["| case | build | max sweep ms | forward ms | backward ms | fwd+bwd ms | ratio fwd / bwd / fwd+bwd | outputs |",
+             "|---|---|---|---|---|---|---|---|"]
+    totals = {}
+    for row in rows:
+        sweep, fwd, bwd = row["ms"]
+        totals[(row["case"], row["build"])] = fwd + bwd
+        first_total = next(v for (case, _), v in totals.items() if case == row["case"])
+        ratio = f"{row['ratio'][1]:.3f} / {row['ratio'][2]:.3f} / {(fwd + bwd) / first_total:.3f}"
+        lines.append(f"| {row['case']} | {row['build']} | {sweep:.3f} | {fwd:.3f} | {bwd:.3f} | {fwd + bwd:.3f} | "
+                     f"{ratio} | {row['outputs']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("builds", nargs="+", type=parse_build, help="name=site-folder, the first is the reference")
+    parser.add_argument("--cases", nargs="+", type=parse_case, default=None,
+                        help=f"workload:N (default {' '.join(DEFAULT_CASES)})")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    names = [name for name, _ in args.builds]
+    if len(set(names)) != len(names):
+        parser.error(f"build names must differ, got {names}")
+    if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        parser.error("--device cpu runs the kernels under Triton's interpreter: set TRITON_INTERPRET=1")
+    cases = args.cases or [parse_case(c) for c in DEFAULT_CASES]
+    builds = {name: load_build(site) for name, site in args.builds}
+    print(render(compare(builds, cases, args.rounds, args.device)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
