@@ -102,10 +102,21 @@ the other programs on the SM hide it; a third stage overlaps it within the progr
 yet measured 1-3% slower for the output kernel (two programs per SM still fit, at 113
 KB) and 12% slower for the max sweep (three programs instead of four). Split into a
 sweep kernel (137 registers, three programs per SM) and an output kernel, the forward
-gained 2% at N = 32768 and lost 2-5% at N = 8192, so it stays one kernel. Eight edges
+gained 2% at N = 32768 and lost 2-5% at N = 8192; split again after the fold (sweeps
+at 168 registers, three programs per SM; outputs bitwise equal), it was 1.7% slower at
+mid 32768 and 6% at mid 8192, so it stays one kernel: at two programs per SM the sweeps
+are bound by the instructions they issue, not by latency. Per tile and thread (SASS,
+unmasked path) a sweep issues 558 instructions, 804 with counts, of which 248 FFMA and
+96 FADD are the per-entry statistics and 243 the counts; reading the next tile index a
+step early, as the backward does, left the forward 0-1.5% slower. Where the forward's
+time goes (mid, N = 32768, H100, each phase timed by cutting the kernel after it): max
+sweep 4.5 ms, first sweep 4.0, second sweep 4.6, folded output pass 6.2, against 12.4 ms
+for FA2's whole forward. Eight edges
 per sweep, unrolled, no longer spill and end every sampled mid, dense and high block in
 two sweeps (CPU simulation), yet the forward took 14-19% longer than with four edges in
-three (mid, dense and high at N = 8192 and 32768).
+three (mid, dense and high at N = 8192 and 32768). The first sweep's statistics gathered
+in the max sweep instead (four edges with counts, over every tile it computes) took the
+max sweep from 4.5 to 11.7 ms at mid 32768, more than the sweep it would replace.
 fp32 uses tl.dot on FMA units ("ieee", as tf32 misses the 1e-4 bar) and spills at
 every D: correct, not fast.
 
