@@ -131,11 +131,13 @@ def compare(builds: dict, cases: list, rounds: int, device: str) -> list:
         for _ in range(rounds):
             for name, (calls, _) in runs.items():
                 best[name] = [min(b, timer(call)) for b, call in zip(best[name], calls)]
+        # (max sweep, forward, backward, forward + backward) per build
+        times = {name: [*b, b[1] + b[2]] for name, b in best.items()}
         first = next(iter(builds))
         for name in builds:
             rows.append({
-                "case": f"{workload} {n}", "build": name, "ms": best[name],
-                "ratio": [t / b for t, b in zip(best[name], best[first])],
+                "case": f"{workload} {n}", "build": name, "ms": times[name],
+                "ratio": [t / b for t, b in zip(times[name], times[first])],
                 "outputs": "reference" if name == first else difference(runs[first][1], runs[name][1]),
             })
         del q, k, v, grad, runs
@@ -147,14 +149,10 @@ def compare(builds: dict, cases: list, rounds: int, device: str) -> list:
 def render(rows: list) -> str:
     lines = ["| case | build | max sweep ms | forward ms | backward ms | fwd+bwd ms | ratio fwd / bwd / fwd+bwd | outputs |",
              "|---|---|---|---|---|---|---|---|"]
-    totals = {}
     for row in rows:
-        sweep, fwd, bwd = row["ms"]
-        totals[(row["case"], row["build"])] = fwd + bwd
-        first_total = next(v for (case, _), v in totals.items() if case == row["case"])
-        ratio = f"{row['ratio'][1]:.3f} / {row['ratio'][2]:.3f} / {(fwd + bwd) / first_total:.3f}"
-        lines.append(f"| {row['case']} | {row['build']} | {sweep:.3f} | {fwd:.3f} | {bwd:.3f} | {fwd + bwd:.3f} | "
-                     f"{ratio} | {row['outputs']} |")
+        times = " | ".join(f"{t:.3f}" for t in row["ms"])
+        ratio = " / ".join(f"{r:.3f}" for r in row["ratio"][1:])
+        lines.append(f"| {row['case']} | {row['build']} | {times} | {ratio} | {row['outputs']} |")
     return "\n".join(lines)
 
 
