@@ -21,12 +21,12 @@ costs one more small product per tile (B) in place of a whole threshold sweep.
 ``fold_tolerance`` bounds d^2 C per row at 2^-(bits + 4) for a 16-bit output (bits
 its significand, as in ``tau_tolerance``), so out' is within 1/8 of the output's
 unit roundoff times max|v| (plus the entries left out, each with p <= d^2: none in the
-simulation below), and FOLD_MAX_STEP bounds |d|, so the backward's tiles (tile_max) miss only entries within
-2^-11 of tau, where p <= 2^-22. A row block whose rows do not all meet both falls
-back to more sweeps and a plain output pass.
+simulation below), and FOLD_MAX_STEP bounds |d|, so the backward's tiles (tile_max)
+miss only entries within 2^-11 of tau, where p <= 2^-22. A row block whose rows do not
+all meet both falls back to more sweeps and a plain output pass.
 
-CPU simulation (12 row blocks each of the benchmark's mid workload, after FOLD_AFTER = 2
-sweeps; /tmp/sim3/foldout_t.py): every block still had active rows (138 of 768 rows at
+CPU simulation outside the repository (12 row blocks each of the benchmark's mid
+workload, after FOLD_AFTER = 2 sweeps): every block still had active rows (138 of 768 rows at
 N = 8192, 258 at 32768); the largest d^2 C was 3.1e-5 and 2.4e-4 (bf16's bound 2^-12 =
 2.4e-4), the largest |d| 2.4e-4 and 4.7e-4 (under 2^-12, 7 of the 12 blocks at 32768),
 the output's max error against the exact one 4.6e-6 and 3.1e-5, tau's 7e-9 and 2.5e-8.
@@ -51,6 +51,7 @@ FOLD_AFTER: tl.constexpr = tl.constexpr(2)
 # Largest |tau - t| folded (shifted units): the entries the output pass and tile_max
 # then leave out have p <= FOLD_MAX_STEP^2.
 FOLD_MAX_STEP: tl.constexpr = tl.constexpr(2.0**-11)
+
 
 def fold_tolerance(alpha: float, dtype) -> float:
     """The bound on d^2 C per row (module docstring) for outputs of dtype; 0.0 where the
