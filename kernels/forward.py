@@ -642,6 +642,14 @@ def threshold_sweeps(q, k_base, bound_row, rel_row, stride_tn, list_ptr, stride_
 
 
 @triton.jit
+def output_thresholds(m_shift, tau_shifted, sees_keys):
+    """The rows' thresholds, absolute and shifted (tau' = tau - m), for the output pass and
+    the tau output: +inf for rows that see no key, so their p is 0."""
+    return (tl.where(sees_keys, m_shift + tau_shifted, float("inf")),
+            tl.where(sees_keys, tau_shifted, float("inf")))
+
+
+@triton.jit
 def output_pass(q, k_base, v_base, bound_row, rel_row, tile_max_row, stride_tn, list_ptr, stride_ln, n_tiles,
                 first_masked, tau, tau_shifted, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv,
                 stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
@@ -794,12 +802,12 @@ def _adasplash_fwd_tau_out(
         if tl.sum(active.to(tl.int32), 0) > 0:
             # The estimate: for alpha = 1.5 the closed form, at or above tau' and within
             # about 2^-12 of it after two sweeps (kernels/fold_output.py).
+            tau_abs, tau_rel = output_thresholds(m_shift, tau_i, sees_keys)
             acc, acc_gap, l_i, gap_sum, count = output_pass(
                 q, k_base, v_base, bound_row, rel_row, tile_max_row, stride_tn, list_ptr, stride_ln, n_tiles,
-                first_masked, tl.where(sees_keys, m_shift + tau_i, float("inf")),
-                tl.where(sees_keys, tau_i, float("inf")), offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
-                qk_scale, inv, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION,
-                USE_INT64, BLOCK_N, BLOCK_D, ALPHA_MODE, SCAN, True)
+                first_masked, tau_abs, tau_rel, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv,
+                stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, BLOCK_N,
+                BLOCK_D, ALPHA_MODE, SCAN, True)
             step, accurate = fold_correction(l_i, gap_sum, count, active, fold_tol, FOLD_MAX_STEP)
             if tl.min(accurate.to(tl.int32), 0) > 0:
                 tau_i = tau_i + step
@@ -813,14 +821,16 @@ def _adasplash_fwd_tau_out(
             EDGE_UNROLL, SCAN)
         # ---- output pass over the tiles that may hold a nonzero of P; each one visited
         # records in tile_max the largest z of its nonzeros (-inf stays where there is none).
+        tau_abs, tau_rel = output_thresholds(m_shift, tau_i, sees_keys)
         acc, acc_gap, l_i, gap_sum, count = output_pass(
             q, k_base, v_base, bound_row, rel_row, tile_max_row, stride_tn, list_ptr, stride_ln, n_tiles,
-            first_masked, tl.where(sees_keys, m_shift + tau_i, float("inf")), tl.where(sees_keys, tau_i, float("inf")),
-            offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, stride_kn, stride_kd, stride_vn,
-            stride_vd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, BLOCK_N, BLOCK_D, ALPHA_MODE, SCAN, False)
+            first_masked, tau_abs, tau_rel, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, stride_kn,
+            stride_kd, stride_vn, stride_vd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, BLOCK_N, BLOCK_D,
+            ALPHA_MODE, SCAN, False)
         # Renormalise as entmax_bisect does; rows without keys have l = 0 -> exact zeros.
         out = tl.where(l_i[:, None] > 0.0, acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None], 0.0)
-    tl.store(tau_ptr + row_offset, tl.where(sees_keys, m_shift + tau_i, float("inf")), mask=offs_m < M)
+    tau_abs, _ = output_thresholds(m_shift, tau_i, sees_keys)
+    tl.store(tau_ptr + row_offset, tau_abs, mask=offs_m < M)
     out_ptrs = (out_ptr + off_z * stride_oz + off_h * stride_oh + rows_m[:, None] * stride_om
                 + offs_d[None, :] * stride_od)
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_d[None, :] < HEAD_DIM))
