@@ -19,9 +19,10 @@ Glossary
   floor      per-row lower bound on TAU (scratch, from kernel 1), at least m' - 1
              for the max m' of the rows' two local tiles, raised by the histogram
              of the row's tile maxima (kernels/histogram_floor.py)
-  bound, rel_bound  scratch per tile: upper bounds on the tile's z and on its shifted
-             scores z - m in the rows that reach above their floors, or both -inf
-             for a tile with no entry above its rows' floors (see kernel 1)
+  bound, rel_bound  scratch per tile and row group (BOUND_GROUPS groups of 16 rows):
+             upper bounds on the tile's z and on its shifted scores z - m in the
+             group's rows that reach above their floors, or both -inf for a group
+             with no entry above its rows' floors in the tile (see kernel 1)
   BLOCK_M, BLOCK_N   query rows per program, keys per step; both equal the tile
              (64), so one step covers exactly one tile
   NBINS, MAX_SWEEPS  edges per threshold sweep; sweeps at most (the first is the
@@ -48,17 +49,24 @@ one program per (Z, H, BLOCK_M rows):
      the first sweep starts from a narrow bracket (forward 19-22% faster on the
      benchmark's dense workload at N = 8192 and 32768; on mid and high, whose mass is
      local, the step-1 floor is about as tight already, and the histogram costs 0.5-3%).
-   It writes the row max m and floor, and per tile, over the rows whose max within
-   the tile exceeds their floor (the others hold nothing a later pass uses),
-   ``bound`` = the max of that row max and ``rel_bound`` = the max of (row max within
-   the tile - running row max): the running max never exceeds the final m, so
-   rel_bound >= max (z - m) over those rows, a bound free of the row-to-row spread of
-   m. A tile with nothing above its rows' floors holds no nonzero of P and not the
-   max: both bounds -inf, no later pass visits it.
+   It writes the row max m and floor, and per tile and group of 16 rows, over the
+   group's rows whose max within the tile exceeds their floor (the others hold
+   nothing a later pass uses), ``bound`` = the max of that row max and ``rel_bound`` =
+   the max of (row max within the tile - running row max): the running max never
+   exceeds the final m, so rel_bound >= max (z - m) over those rows, a bound free of
+   the row-to-row spread of m. A group with nothing above its rows' floors in a tile
+   holds no nonzero of P there and not its rows' max: both bounds -inf, and no later
+   pass visits a tile where every group has them.
+   A group is the rows one warp holds, so each warp reduces and stores its own
+   bounds (``store_tile_bounds``). With one bound per tile the reduction crossed the
+   warps: two more barriers and a shared-memory round trip per tile. The groups made
+   the max sweep 2-4% faster and the sweeps and the output pass visit about 4% fewer
+   tiles at mid N = 32768 (outputs bitwise equal; forward 2.5% faster there, 1% on
+   mid 8192, high 32768 and dense 32768; H100, ``benchmarks/compare_builds.py``).
 2. ``_adasplash_fwd_tau_out``: threshold sweeps, then the output pass, all block-sparse:
-   - sweep k visits only tiles with bound > min over the block's still active rows
-     of (m + lo) and rel_bound > min of lo: a tile whose entries all lie at or
-     below every row's lower bracket end adds nothing to the tail statistics
+   - sweep k visits only tiles where some row group has bound > min over its still
+     active rows of (m + lo) and rel_bound > min of lo: a tile whose entries all lie
+     at or below every row's lower bracket end adds nothing to the tail statistics
      (kernels/tau.py), so it is skipped without recomputing Q.K^T. The first sweep
      (the histogram) starts from lo = floor - m; at most MAX_SWEEPS sweeps, and the
      loop ends as soon as every row of the block has converged: exactly, or to a
@@ -73,8 +81,8 @@ one program per (Z, H, BLOCK_M rows):
      the ALU pipe, which had bound the sweeps (724 of its cycles against 492 on the
      FMA pipe per counted tile, at half the issue rate).
    - output: p = [z - TAU]_+^INV up to a constant factor (``half_tail_gap`` again),
-     acc += p.V, l += sum p, out = acc / l (0 where l = 0), over the tiles with
-     bound > min TAU and rel_bound > min (TAU - m);
+     acc += p.V, l += sum p, out = acc / l (0 where l = 0), over the tiles where
+     some row group has bound > min TAU and rel_bound > min (TAU - m) over its rows;
      each visited tile writes its tile_max, so the backward visits exactly the
      tiles holding a nonzero of P.
    - fold (alpha = 1.5, 16-bit outputs; kernels/fold_output.py): after FOLD_AFTER (2)
@@ -90,35 +98,37 @@ one program per (Z, H, BLOCK_M rows):
    autotuner may relaunch it.
 
 Compiled for sm_90 (bf16, D = 128, default config; triton 3.6 ptxas), without spills:
-the max sweep uses 128 registers and 49 KB of shared memory, so four programs (16
-warps) share an SM; the output kernel 255 registers and 82 KB, two programs. Neither is
-bound by a pipe. ncu on the H100 (mid, N = 32768): the output kernel issues in 55% of
-cycles, its FMA, ALU and tensor pipes 34%, 31% and 30% busy, with 2 warps per scheduler
-of which 0.88 are eligible (waits on fixed latencies and on barriers lead); the max
-sweep issues in 41% of cycles, stalled mostly on barriers (its per-tile bound
-reduction) and long scoreboards (its K tiles). With two stages, Triton issues the copy
-of a loop's next K tile at the end of the body and waits for it at the top, so only
-the other programs on the SM hide it; a third stage overlaps it within the program,
-yet measured 1-3% slower for the output kernel (two programs per SM still fit, at 113
-KB) and 12% slower for the max sweep (three programs instead of four). Split into a
-sweep kernel (137 registers, three programs per SM) and an output kernel, the forward
-gained 2% at N = 32768 and lost 2-5% at N = 8192; split again after the fold (sweeps
-at 168 registers, three programs per SM; outputs bitwise equal), it was 1.7% slower at
-mid 32768 and 6% at mid 8192, so it stays one kernel: at two programs per SM the sweeps
-are bound by the instructions they issue, not by latency. Per tile and thread (SASS,
+the max sweep uses 128 registers and 49 KB of shared memory, so four programs (16 warps)
+share an SM; the output kernel 255 registers and 82 KB, two programs. Neither is bound
+by a pipe. ncu on the H100 (mid, N = 32768): the output kernel issues in 55% of cycles,
+its FMA, ALU and tensor pipes 34%, 31% and 30% busy, with 2 warps per scheduler of which
+0.88 are eligible (waits on fixed latencies and on barriers lead); the max sweep issued
+in 41% of cycles, stalled mostly on barriers (its per-tile bound reduction across warps,
+since per warp) and long scoreboards (its K tiles). With two stages, Triton issues the
+copy of a loop's next K tile at the end of the body and waits for it at the top, so only
+the other programs on the SM hide it; a third stage overlaps it within the program, yet
+measured 1-3% slower for the output kernel (two programs per SM still fit, at 113 KB)
+and 12% slower for the max sweep (three programs instead of four). Split into a sweep
+kernel (137 registers, three programs per SM) and an output kernel, the forward gained
+2% at N = 32768 and lost 2-5% at N = 8192; split again after the fold (sweeps at 168
+registers, three programs per SM; outputs bitwise equal), it was 1.7% slower at mid
+32768 and 6% at mid 8192, so it stays one kernel: at two programs per SM the sweeps are
+bound by the instructions they issue, not by latency. Per tile and thread (SASS,
 unmasked path) a sweep issues 558 instructions, 804 with counts, of which 248 FFMA and
 96 FADD are the per-entry statistics and 243 the counts; reading the next tile index a
-step early, as the backward does, left the forward 0-1.5% slower. Where the forward's
-time goes (mid, N = 32768, H100, each phase timed by cutting the kernel after it): max
-sweep 4.5 ms, first sweep 4.0, second sweep 4.6, folded output pass 6.2, against 12.4 ms
-for FA2's whole forward. Eight edges
-per sweep, unrolled, no longer spill and end every sampled mid, dense and high block in
-two sweeps (CPU simulation), yet the forward took 14-19% longer than with four edges in
-three (mid, dense and high at N = 8192 and 32768). The first sweep's statistics gathered
-in the max sweep instead (four edges with counts, over every tile it computes) took the
-max sweep from 4.5 to 11.7 ms at mid 32768, more than the sweep it would replace.
-fp32 uses tl.dot on FMA units ("ieee", as tf32 misses the 1e-4 bar) and spills at
-every D: correct, not fast.
+step early, as the backward does, left the forward 0-1.5% slower. Skipping the PV
+products of output-pass tiles that turn out to hold no nonzero (a branch on their
+tile_max) made it 4-8% slower: Triton no longer pipelines the V load whose dot sits in
+the branch. Where the forward's time goes (mid, N = 32768, H100, each phase timed by
+cutting the kernel after it): max sweep 4.5 ms, first sweep 4.0, second sweep 4.6,
+folded output pass 6.2, against 12.4 ms for FA2's whole forward. Eight edges per sweep,
+unrolled, no longer spill and end every sampled mid, dense and high block in two sweeps
+(CPU simulation), yet the forward took 14-19% longer than with four edges in three (mid,
+dense and high at N = 8192 and 32768). The first sweep's statistics gathered in the max
+sweep instead (four edges with counts, over every tile it computes) took the max sweep
+from 4.5 to 11.7 ms at mid 32768, more than the sweep it would replace. fp32 uses tl.dot
+on FMA units ("ieee", as tf32 misses the 1e-4 bar) and spills at every D: correct, not
+fast.
 
 Launch contract (torch.compile / CUDA graphs): the launcher only allocates with
 torch.empty*/full and launches kernels through ``wrap`` (``torch.library.wrap_triton``
@@ -167,6 +177,12 @@ _TILE_SCAN = 128
 
 # Key tiles bounded per (64 x D) x (D x CENTRE_CHUNK) product in the max sweep.
 _CENTRE_CHUNK = 32
+
+# Row groups per row block with a bound of their own per tile: 16 rows each, the rows one
+# warp holds in the MMA layout at four warps (store_tile_bounds).
+BOUND_GROUPS: tl.constexpr = tl.constexpr(4)
+# Leading slots of a program's tile list: the two threshold vectors (list_active_tiles).
+LIST_HEAD: tl.constexpr = tl.constexpr(2 * BOUND_GROUPS)
 
 # The max sweep's threshold floor (threshold_floor): sweeps and edges over its two
 # tiles, and the margin (shifted units, |tau'| <= 1) subtracted for float32 rounding.
@@ -328,22 +344,42 @@ def _pairwise_max(bound_a, rel_a, bound_b, rel_b):
 
 
 @triton.jit
-def store_tile_bounds(bound_row, rel_row, tile_n, stride_tn, row_max, m_i, floor_i):
-    """Store a computed tile's bound and relative bound: the max over its rows whose max z
-    exceeds their floor of that max z, and of its excess over the running row max (-inf
-    twice if there is no such row: then the tile holds no nonzero of P and not the max).
+def group_min(row_values):
+    """Per row group (BOUND_GROUPS groups of consecutive rows), the min of a [BLOCK_M] vector."""
+    rows: tl.constexpr = row_values.shape[0]
+    return tl.min(tl.reshape(row_values, [BOUND_GROUPS, rows // BOUND_GROUPS]), 1)
+
+
+@triton.jit
+def store_tile_bounds(bound_row, rel_row, tile_n, stride_bn, row_max, m_i, floor_i, tile_cols: tl.constexpr):
+    """Store a computed tile's bound and relative bound per row group: the max over the
+    group's rows whose max z exceeds their floor of that max z, and of its excess over the
+    running row max (-inf twice if there is no such row: then the group's rows hold no
+    nonzero of P and not their max in this tile).
 
     Rows at or below their floor hold nothing the sweeps or the output pass could use, so
     they stay out. The running max never exceeds the final one, so row_max - m_i bounds
-    the rows' shifted scores z - m from above. One two-operand reduction across the
-    block's warps, where three (bound, relative bound, any row relevant) cost a barrier
-    round trip each per tile.
+    the rows' shifted scores z - m from above.
+
+    A group is one warp's rows at four warps, so no barrier: reshaped as a whole tile (the
+    row values broadcast over its columns), the rows keep the MMA layout and the
+    reduction is warp shuffles that leave each warp holding its own group's bounds. Each
+    is stored as a row of 32 copies to one address, which puts row g of the store's
+    layout in warp g: a [BOUND_GROUPS] store would gather the four values in every warp
+    through shared memory. Per tile the reduction and stores took two barriers and a
+    shared-memory round trip across the block's warps before (sm_90, triton 3.6 SASS).
     """
     relevant = row_max > floor_i
-    bound, rel = tl.reduce((tl.where(relevant, row_max, float("-inf")),
-                            tl.where(relevant, row_max - m_i, float("-inf"))), 0, _pairwise_max)
-    tl.store(bound_row + tile_n * stride_tn, bound)
-    tl.store(rel_row + tile_n * stride_tn, rel)
+    bound_rows = tl.broadcast_to(tl.where(relevant, row_max, float("-inf"))[:, None], [row_max.shape[0], tile_cols])
+    rel_rows = tl.broadcast_to(tl.where(relevant, row_max - m_i, float("-inf"))[:, None],
+                               [row_max.shape[0], tile_cols])
+    per_group: tl.constexpr = row_max.shape[0] * tile_cols // BOUND_GROUPS
+    bound, rel = tl.reduce((tl.reshape(bound_rows, [BOUND_GROUPS, per_group]),
+                            tl.reshape(rel_rows, [BOUND_GROUPS, per_group])), 1, _pairwise_max)
+    lanes: tl.constexpr = 32
+    offsets = tile_n * stride_bn + tl.arange(0, BOUND_GROUPS)[:, None] + 0 * tl.arange(0, lanes)[None, :]
+    tl.store(bound_row + offsets, tl.broadcast_to(bound[:, None], [BOUND_GROUPS, lanes]))
+    tl.store(rel_row + offsets, tl.broadcast_to(rel[:, None], [BOUND_GROUPS, lanes]))
 
 
 @triton.jit
@@ -406,7 +442,7 @@ def _adasplash_fwd_rowmax(
     stride_cz, stride_ch, stride_cn, stride_cd,
     stride_rz, stride_rh, stride_rn,
     stride_mz, stride_mh, stride_mm,
-    stride_tz, stride_th, stride_tm, stride_tn,
+    stride_bz, stride_bh, stride_bm, stride_bn,
     stride_lz, stride_lh, stride_lm, stride_ln,
     M, N, GROUP, qk_scale_bits, alpha, inv, n_tile_cols,
     HEAD_DIM: tl.constexpr, HAS_SEQLENS: tl.constexpr, IS_CAUSAL: tl.constexpr, ALPHA_MODE: tl.constexpr,
@@ -414,10 +450,11 @@ def _adasplash_fwd_rowmax(
     SCAN: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, SCALE_AS_BITS: tl.constexpr,
 ):
     """Max sweep: row max m and threshold floor (m_ptr, floor_ptr: same strides) and both
-    bounds of all n_tile_cols tiles of the row block.
+    bounds of all n_tile_cols tiles of the row block, per row group.
 
     centre_ptr / radius_ptr: kernels/key_summary.py. bound_ptr / rel_bound_ptr share
-    their shape and strides (stride_t*); tile_list_ptr is the int32 scratch of
+    their shape and strides (stride_b*; the last dimension, BOUND_GROUPS row groups, is
+    contiguous); tile_list_ptr is the int32 scratch of
     ``list_active_tiles`` (strides stride_l*). qk_scale_bits: with SCALE_AS_BITS the
     float32 bits of qk_scale as an int32 (``float32_bits``), else qk_scale itself (a
     symbolic scale under dynamic shapes).
@@ -450,9 +487,9 @@ def _adasplash_fwd_rowmax(
         rows_m = offs_m
     q = load_q_tile(q_ptr + off_z * stride_qz + off_h * stride_qh, rows_m, offs_d, M, stride_qm, stride_qd, HEAD_DIM)
     k_base = k_ptr + off_z * stride_kz + off_kh * stride_kh
-    tile_offset = off_z * stride_tz + off_h * stride_th + tl.program_id(0) * stride_tm
-    bound_row = bound_ptr + tile_offset
-    rel_row = rel_bound_ptr + tile_offset
+    bound_offset = off_z * stride_bz + off_h * stride_bh + tl.program_id(0) * stride_bm
+    bound_row = bound_ptr + bound_offset
+    rel_row = rel_bound_ptr + bound_offset
     list_ptr = tile_list_ptr + off_z * stride_lz + off_h * stride_lh + tl.program_id(0) * stride_lm
 
     valid_q, valid_k = valid_lengths(seqlens_ptr, off_z, M, N, HAS_SEQLENS)
@@ -500,37 +537,42 @@ def _adasplash_fwd_rowmax(
         upper = tl.where(tiles[None, :] * BLOCK_N < n_i[:, None], upper, float("-inf"))
         # Rows whose max is still -inf (they see neither tile of step 1) give +inf: listed.
         rel = tl.where(upper > float("-inf"), upper - m_i[:, None], float("-inf"))
-        relevant = tl.max((upper > floor_i[:, None]).to(tl.int32), 0) > 0
-        tl.store(bound_row + tiles * stride_tn, tl.where(relevant, tl.max(upper, 0), float("-inf")), mask=inside)
-        tl.store(rel_row + tiles * stride_tn, tl.where(relevant, tl.max(rel, 0), float("-inf")), mask=inside)
+        group_shape: tl.constexpr = [BOUND_GROUPS, BLOCK_M // BOUND_GROUPS, CENTRE_CHUNK]
+        relevant = tl.max(tl.reshape((upper > floor_i[:, None]).to(tl.int32), group_shape), 1) > 0
+        offsets = tiles[None, :] * stride_bn + tl.arange(0, BOUND_GROUPS)[:, None]
+        tl.store(bound_row + offsets, tl.where(relevant, tl.max(tl.reshape(upper, group_shape), 1), float("-inf")),
+                 mask=inside[None, :])
+        tl.store(rel_row + offsets, tl.where(relevant, tl.max(tl.reshape(rel, group_shape), 1), float("-inf")),
+                 mask=inside[None, :])
 
     # 3. Exact scores only for the tiles whose bound exceeds some row's floor (floor >=
     #    m - 1 makes their relative bound > -1); the others keep -inf (no nonzero of P,
     #    not the max). Step 1's tiles are listed too where relevant (the diagonal one
     #    holds its rows' max), so their bounds are exact as well.
-    n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles, first_masked,
-                                             tl.full([], float("-inf"), tl.float32), tl.full([], -1.0, tl.float32),
-                                             SCAN)
+    n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_bn, list_ptr, stride_ln, n_tiles, first_masked,
+                                             tl.full([BOUND_GROUPS], float("-inf"), tl.float32),
+                                             tl.full([BOUND_GROUPS], -1.0, tl.float32), SCAN)
     hist_count = tl.zeros([BLOCK_M, HIST_BINS], tl.float32)
     hist_total = tl.zeros([BLOCK_M, HIST_BINS], tl.float32)
     for i in range(0, n_listed):
-        tile_n = tl.load(list_ptr + (i + 2) * stride_ln)
+        tile_n = tl.load(list_ptr + (i + LIST_HEAD) * stride_ln)
         # Scaling by qk_scale > 0 commutes with the max, rounding included: one multiply
         # per row instead of one per entry.
         qk = score_tile(q, k_base, tile_n * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
                         stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
         row_max = tl.max(qk, 1) * qk_scale
         m_i = tl.maximum(m_i, row_max)
-        store_tile_bounds(bound_row, rel_row, tile_n, stride_tn, row_max, m_i, floor_i)
+        store_tile_bounds(bound_row, rel_row, tile_n, stride_bn, row_max, m_i, floor_i, BLOCK_N)
         hist_count, hist_total = histogram_add(hist_count, hist_total, row_max, floor_i)
     # Every tile left out holds nothing above floor_i, so the binned tile maxima are all
     # those above it (kernels/histogram_floor.py). The tile bounds above keep the looser
     # floor: a superset of the relevant rows, so they stay upper bounds.
     floor_i = histogram_floor(hist_count, hist_total, floor_i, m_i, inv, ALPHA_MODE)
     # Tiles past the last visible key, padding included, hold no visible entry.
+    groups = tl.arange(0, BOUND_GROUPS)
     for tile_n in range(n_tiles, n_tile_cols):
-        tl.store(bound_row + tile_n * stride_tn, float("-inf"))
-        tl.store(rel_row + tile_n * stride_tn, float("-inf"))
+        tl.store(bound_row + tile_n * stride_bn + groups, tl.full([BOUND_GROUPS], float("-inf"), tl.float32))
+        tl.store(rel_row + tile_n * stride_bn + groups, tl.full([BOUND_GROUPS], float("-inf"), tl.float32))
     row_offset = off_z * stride_mz + off_h * stride_mh + rows_m * stride_mm
     tl.store(m_ptr + row_offset, m_i, mask=offs_m < M)
     tl.store(floor_ptr + row_offset, floor_i, mask=offs_m < M)
@@ -549,7 +591,7 @@ def threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shif
     stat_g = tl.zeros([offs_m.shape[0], NBINS], tl.float32)
     stat_c = tl.zeros([offs_m.shape[0], NBINS], tl.int32)
     for i in range(0, n_listed):
-        start_n = tl.load(list_ptr + (i + 2) * stride_ln) * BLOCK_N
+        start_n = tl.load(list_ptr + (i + LIST_HEAD) * stride_ln) * BLOCK_N
         # Unscaled: tau_accumulate folds qk_scale into its one multiply-add per entry and edge.
         qk = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
                         stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
@@ -559,14 +601,15 @@ def threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shif
 
 
 @triton.jit
-def list_active_tiles(bound_ptr, rel_bound_ptr, stride_tn, list_ptr, stride_ln, n_tiles, first_masked, threshold,
+def list_active_tiles(bound_ptr, rel_bound_ptr, stride_bn, list_ptr, stride_ln, n_tiles, first_masked, threshold,
                       rel_threshold, SCAN: tl.constexpr):
-    """List the tiles j < n_tiles with bound[j] > threshold and rel_bound[j] > rel_threshold.
+    """List the tiles j < n_tiles where some row group g has bound[j, g] > threshold[g]
+    and rel_bound[j, g] > rel_threshold[g] (thresholds: [BOUND_GROUPS] vectors).
 
     Returns how many, and how many of them lie before tile first_masked
     (``first_masked_tile``): the list is in ascending order, so those come first and
-    the sweep runs them without a mask. list_ptr[0] and list_ptr[1] receive the two
-    thresholds (float32 bits) and list_ptr[2 + i] the i-th listed tile index.
+    the sweep runs them without a mask. list_ptr[0:LIST_HEAD] receive the thresholds
+    (float32 bits) and list_ptr[LIST_HEAD + i] the i-th listed tile index.
     Scanning SCAN tiles per vector load and compacting with a prefix sum lets the
     sweep that follows loop over listed tiles only: no per-tile branch or dependent
     scalar load, and its loads can be software-pipelined. The list is global scratch
@@ -583,21 +626,24 @@ def list_active_tiles(bound_ptr, rel_bound_ptr, stride_tn, list_ptr, stride_ln, 
     them before every launch.
     """
     offs = tl.arange(0, SCAN)
+    groups = tl.arange(0, BOUND_GROUPS)
     tl.debug_barrier()
-    tl.store(list_ptr, threshold.to(tl.int32, bitcast=True))
-    tl.store(list_ptr + stride_ln, rel_threshold.to(tl.int32, bitcast=True))
+    tl.store(list_ptr + groups * stride_ln, threshold.to(tl.int32, bitcast=True))
+    tl.store(list_ptr + (BOUND_GROUPS + groups) * stride_ln, rel_threshold.to(tl.int32, bitcast=True))
     tl.debug_barrier()
-    threshold = tl.load(list_ptr).to(tl.float32, bitcast=True)
-    rel_threshold = tl.load(list_ptr + stride_ln).to(tl.float32, bitcast=True)
+    threshold = tl.load(list_ptr + groups * stride_ln).to(tl.float32, bitcast=True)
+    rel_threshold = tl.load(list_ptr + (BOUND_GROUPS + groups) * stride_ln).to(tl.float32, bitcast=True)
     count = 0
     n_unmasked = 0
     for start in range(0, n_tiles, SCAN):
         tiles = start + offs
         inside = tiles < n_tiles
-        bound = tl.load(bound_ptr + tiles * stride_tn, mask=inside, other=float("-inf"))
-        rel_bound = tl.load(rel_bound_ptr + tiles * stride_tn, mask=inside, other=float("-inf"))
-        active = ((bound > threshold) & (rel_bound > rel_threshold)).to(tl.int32)
-        slot = count + 1 + tl.cumsum(active, 0)  # slots 0 and 1 hold the thresholds
+        offsets = tiles[:, None] * stride_bn + groups[None, :]
+        bound = tl.load(bound_ptr + offsets, mask=inside[:, None], other=float("-inf"))
+        rel_bound = tl.load(rel_bound_ptr + offsets, mask=inside[:, None], other=float("-inf"))
+        above = (bound > threshold[None, :]) & (rel_bound > rel_threshold[None, :])
+        active = tl.max(above.to(tl.int32), 1)
+        slot = count + LIST_HEAD - 1 + tl.cumsum(active, 0)
         tl.store(list_ptr + slot * stride_ln, tiles, mask=active > 0)
         count += tl.sum(active, 0)
         n_unmasked += tl.sum(tl.where(tiles < first_masked, active, 0), 0)
@@ -606,7 +652,7 @@ def list_active_tiles(bound_ptr, rel_bound_ptr, stride_tn, list_ptr, stride_ln, 
 
 
 @triton.jit
-def threshold_sweeps(q, k_base, bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles, first_masked, m_shift,
+def threshold_sweeps(q, k_base, bound_row, rel_row, stride_bn, list_ptr, stride_ln, n_tiles, first_masked, m_shift,
                      lo, hi, tau, active, sweep, sweep_limit, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
                      inv, tau_tol, stride_kn, stride_kd, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
                      DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -616,10 +662,11 @@ def threshold_sweeps(q, k_base, bound_row, rel_row, stride_tn, list_ptr, stride_
     n_active = tl.sum(active.to(tl.int32), 0)
     while (sweep < sweep_limit) & (n_active > 0):
         # A tile whose entries all lie at or below every active row's lower bracket
-        # end adds nothing to the tail statistics, in absolute or shifted units.
-        skip_below = tl.min(tl.where(active, m_shift + lo, float("inf")), 0)
-        rel_skip_below = tl.min(tl.where(active, lo, float("inf")), 0)
-        n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles,
+        # end adds nothing to the tail statistics, in absolute or shifted units: per
+        # row group, whose bounds cover its own rows.
+        skip_below = group_min(tl.where(active, m_shift + lo, float("inf")))
+        rel_skip_below = group_min(tl.where(active, lo, float("inf")))
+        n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_bn, list_ptr, stride_ln, n_tiles,
                                                  first_masked, skip_below, rel_skip_below, SCAN)
         # The first sweep takes no counts (tau_update, COUNTS): two instructions fewer
         # per entry and edge for alpha = 1.5, on the sweep over the widest bracket.
@@ -650,8 +697,8 @@ def output_thresholds(m_shift, tau_shifted, sees_keys):
 
 
 @triton.jit
-def output_pass(q, k_base, v_base, bound_row, rel_row, tile_max_row, stride_tn, list_ptr, stride_ln, n_tiles,
-                first_masked, tau, tau_shifted, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv,
+def output_pass(q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, stride_tn, list_ptr, stride_ln,
+                n_tiles, first_masked, tau, tau_shifted, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv,
                 stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
                 DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 ALPHA_MODE: tl.constexpr, SCAN: tl.constexpr, FOLD: tl.constexpr):
@@ -665,15 +712,15 @@ def output_pass(q, k_base, v_base, bound_row, rel_row, tile_max_row, stride_tn, 
     acc_gap = sum h.V, gap_sum = sum h and count = #(h > 0) for ``fold_correction``
     (zeros otherwise).
     """
-    n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles,
-                                             first_masked, tl.min(tau, 0), tl.min(tau_shifted, 0), SCAN)
+    n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_bn, list_ptr, stride_ln, n_tiles,
+                                             first_masked, group_min(tau), group_min(tau_shifted), SCAN)
     acc = tl.zeros([offs_m.shape[0], BLOCK_D], tl.float32)
     acc_gap = tl.zeros([offs_m.shape[0], BLOCK_D], tl.float32)
     l_i = tl.zeros([offs_m.shape[0]], tl.float32)
     gap_sum = tl.zeros([offs_m.shape[0]], tl.float32)
     count = tl.zeros([offs_m.shape[0]], tl.int32)
     for i in range(0, n_listed):
-        tile_n = tl.load(list_ptr + (i + 2) * stride_ln)
+        tile_n = tl.load(list_ptr + (i + LIST_HEAD) * stride_ln)
         start_n = tile_n * BLOCK_N
         qk = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
                         stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64)
@@ -718,6 +765,7 @@ def _adasplash_fwd_tau_out(
     stride_oz, stride_oh, stride_om, stride_od,
     stride_tauz, stride_tauh, stride_taum,
     stride_tz, stride_th, stride_tm, stride_tn,
+    stride_bz, stride_bh, stride_bm, stride_bn,
     stride_lz, stride_lh, stride_lm, stride_ln,
     M, N, GROUP, qk_scale, alpha, inv, tau_tol, fold_tol,
     HEAD_DIM: tl.constexpr, HAS_SEQLENS: tl.constexpr, IS_CAUSAL: tl.constexpr, ALPHA_MODE: tl.constexpr,
@@ -728,13 +776,13 @@ def _adasplash_fwd_tau_out(
 ):
     """Threshold sweeps and the output pass for one row block.
 
-    m_ptr, floor_ptr and tau_ptr share their shape and strides (stride_tau*); so do bound_ptr,
-    rel_bound_ptr and tile_max_ptr (stride_t*). tile_max_ptr must hold -inf on entry:
-    only the tiles holding a nonzero of P are written. tile_list_ptr: int32 scratch
-    (strides stride_l*), per program a row holding two thresholds and the listed tile
-    indices, rewritten before every sweep (``list_active_tiles``). Reads only inputs
-    and writes only outputs and scratch, so relaunching it (an autotuner's benchmark
-    runs) gives the same results.
+    m_ptr, floor_ptr and tau_ptr share their shape and strides (stride_tau*); bound_ptr
+    and rel_bound_ptr theirs (stride_b*, as in the max sweep). tile_max_ptr (strides
+    stride_t*) must hold -inf on entry: only the tiles holding a nonzero of P are
+    written. tile_list_ptr: int32 scratch (strides stride_l*), per program a row holding
+    the thresholds and the listed tile indices, rewritten before every sweep
+    (``list_active_tiles``). Reads only inputs and writes only outputs and scratch, so
+    relaunching it (an autotuner's benchmark runs) gives the same results.
     """
     # Inductor passes Python floats to user kernels as fp64; keep the math in fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
@@ -761,10 +809,10 @@ def _adasplash_fwd_tau_out(
     q = load_q_tile(q_ptr + off_z * stride_qz + off_h * stride_qh, rows_m, offs_d, M, stride_qm, stride_qd, HEAD_DIM)
     k_base = k_ptr + off_z * stride_kz + off_kh * stride_kh
     v_base = v_ptr + off_z * stride_vz + off_kh * stride_vh
-    tile_offset = off_z * stride_tz + off_h * stride_th + tl.program_id(0) * stride_tm
-    bound_row = bound_ptr + tile_offset
-    rel_row = rel_bound_ptr + tile_offset
-    tile_max_row = tile_max_ptr + tile_offset
+    bound_offset = off_z * stride_bz + off_h * stride_bh + tl.program_id(0) * stride_bm
+    bound_row = bound_ptr + bound_offset
+    rel_row = rel_bound_ptr + bound_offset
+    tile_max_row = tile_max_ptr + off_z * stride_tz + off_h * stride_th + tl.program_id(0) * stride_tm
     list_ptr = tile_list_ptr + off_z * stride_lz + off_h * stride_lh + tl.program_id(0) * stride_lm
     row_offset = off_z * stride_tauz + off_h * stride_tauh + rows_m * stride_taum
 
@@ -795,7 +843,7 @@ def _adasplash_fwd_tau_out(
         # active (kernels/fold_output.py); where its correction is not accurate enough,
         # the sweeps resume below and the output pass runs again.
         lo, hi, tau_i, active, sweep = threshold_sweeps(
-            q, k_base, bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles, first_masked, m_shift, lo, hi,
+            q, k_base, bound_row, rel_row, stride_bn, list_ptr, stride_ln, n_tiles, first_masked, m_shift, lo, hi,
             tau_i, active, sweep, FOLD_AFTER, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, tau_tol,
             stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, BLOCK_N, NBINS, ALPHA_MODE,
             EDGE_UNROLL, SCAN)
@@ -804,10 +852,10 @@ def _adasplash_fwd_tau_out(
             # about 2^-12 of it after two sweeps (kernels/fold_output.py).
             tau_abs, tau_rel = output_thresholds(m_shift, tau_i, sees_keys)
             acc, acc_gap, l_i, gap_sum, count = output_pass(
-                q, k_base, v_base, bound_row, rel_row, tile_max_row, stride_tn, list_ptr, stride_ln, n_tiles,
-                first_masked, tau_abs, tau_rel, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv,
-                stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, BLOCK_N,
-                BLOCK_D, ALPHA_MODE, SCAN, True)
+                q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, stride_tn, list_ptr, stride_ln,
+                n_tiles, first_masked, tau_abs, tau_rel, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
+                inv, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64,
+                BLOCK_N, BLOCK_D, ALPHA_MODE, SCAN, True)
             step, accurate = fold_correction(l_i, gap_sum, count, active, fold_tol, FOLD_MAX_STEP)
             if tl.min(accurate.to(tl.int32), 0) > 0:
                 tau_i = tau_i + step
@@ -815,7 +863,7 @@ def _adasplash_fwd_tau_out(
                 folded = tl.full([], 1, tl.int32)
     if folded == 0:
         lo, hi, tau_i, active, sweep = threshold_sweeps(
-            q, k_base, bound_row, rel_row, stride_tn, list_ptr, stride_ln, n_tiles, first_masked, m_shift, lo, hi,
+            q, k_base, bound_row, rel_row, stride_bn, list_ptr, stride_ln, n_tiles, first_masked, m_shift, lo, hi,
             tau_i, active, sweep, MAX_SWEEPS, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, tau_tol,
             stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, BLOCK_N, NBINS, ALPHA_MODE,
             EDGE_UNROLL, SCAN)
@@ -823,10 +871,10 @@ def _adasplash_fwd_tau_out(
         # records in tile_max the largest z of its nonzeros (-inf stays where there is none).
         tau_abs, tau_rel = output_thresholds(m_shift, tau_i, sees_keys)
         acc, acc_gap, l_i, gap_sum, count = output_pass(
-            q, k_base, v_base, bound_row, rel_row, tile_max_row, stride_tn, list_ptr, stride_ln, n_tiles,
-            first_masked, tau_abs, tau_rel, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, stride_kn,
-            stride_kd, stride_vn, stride_vd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, BLOCK_N, BLOCK_D,
-            ALPHA_MODE, SCAN, False)
+            q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, stride_tn, list_ptr, stride_ln, n_tiles,
+            first_masked, tau_abs, tau_rel, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv,
+            stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, BLOCK_N,
+            BLOCK_D, ALPHA_MODE, SCAN, False)
         # Renormalise as entmax_bisect does; rows without keys have l = 0 -> exact zeros.
         out = tl.where(l_i[:, None] > 0.0, acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None], 0.0)
     tau_abs, _ = output_thresholds(m_shift, tau_i, sees_keys)
@@ -881,7 +929,8 @@ def attention_forward(
 
 def max_sweep(query, key, alpha, is_causal, scale, seqlens=None, *, config=None) -> dict:
     """Kernel 1 alone, for tests and profiling: {"row_max", "floor", "bound", "rel_bound"}
-    (bound and rel_bound shaped like tile_max; their padding row is never written)."""
+    (bound and rel_bound shaped like tile_max plus a last dimension of BOUND_GROUPS row
+    groups of 16 rows; their padding row is never written)."""
     buffers = _run_forward(query, key, key, alpha, is_causal, scale, seqlens, None, config, False,
                            with_output=False)
     return {name: buffers[name] for name in ("row_max", "floor", "bound", "rel_bound")}
@@ -900,13 +949,15 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     # The output pass writes only the tiles holding a nonzero of P.
     tile_max = torch.full(tiles, float("-inf"), dtype=torch.float32, device=query.device)
     # Scratch, never read by the caller: the row max and threshold floor, the tile
-    # bounds (same strides as tile_max), and the per-program lists of active tiles: a
-    # row holds two thresholds and up to cdiv(N, 64) tile indices; padded like
-    # tile_max, so no dimension is 1.
+    # bounds (tile_max's shape with a last, contiguous dimension of BOUND_GROUPS row
+    # groups), and the per-program lists of active tiles: a row holds LIST_HEAD
+    # threshold slots and up to cdiv(N, 64) tile indices; padded like tile_max, so no
+    # dimension is 1.
+    bounds = (*tiles, BOUND_GROUPS.value)
     buffers = dict(
         out=out, tau=tau, tile_max=tile_max, row_max=torch.empty_like(tau), floor=torch.empty_like(tau),
-        bound=torch.empty(tiles, dtype=torch.float32, device=query.device),
-        rel_bound=torch.empty(tiles, dtype=torch.float32, device=query.device),
+        bound=torch.empty(bounds, dtype=torch.float32, device=query.device),
+        rel_bound=torch.empty(bounds, dtype=torch.float32, device=query.device),
     )
     if batch == 0 or q_heads == 0 or n_queries == 0:
         return buffers
@@ -937,7 +988,7 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     qk_scale = (alpha - 1.0) * scale
     grid = (triton.cdiv(n_queries, block_m), q_heads, batch)
     row_max, floor, bound, rel_bound = (buffers[name] for name in ("row_max", "floor", "bound", "rel_bound"))
-    tile_list = torch.empty((*tiles[:3], tiles[3] + 1), dtype=torch.int32, device=query.device)
+    tile_list = torch.empty((*tiles[:3], tiles[3] + LIST_HEAD.value - 1), dtype=torch.int32, device=query.device)
     if autotune:
         candidates = autotune_forward_configs(head_dim, query.dtype)
         rowmax_kernel = autotuned(_adasplash_fwd_rowmax, _distinct([launch_options(c) for c in candidates]),
@@ -954,7 +1005,7 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     scale_argument, scale_as_bits = float32_bits(qk_scale)
     launch(rowmax_kernel)[grid](
         query, key, centre, radius, row_max, floor, bound, rel_bound, tile_list, seqlens_arg,
-        *query.stride(), *key.stride(), *centre.stride(), *radius.stride(), *row_max.stride(), *bound.stride(),
+        *query.stride(), *key.stride(), *centre.stride(), *radius.stride(), *row_max.stride(), *bound.stride()[:4],
         *tile_list.stride(),
         n_queries, n_keys, group, scale_argument, alpha, 1.0 / (alpha - 1.0), tile_max.shape[3],
         CENTRE_CHUNK=_CENTRE_CHUNK, SCAN=_TILE_SCAN, SCALE_AS_BITS=scale_as_bits, **common, **rowmax_tuning,
@@ -965,7 +1016,7 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     launch(tau_out_kernel)[grid](
         query, key, value, out, row_max, floor, tau, bound, rel_bound, tile_max, tile_list, seqlens_arg,
         *query.stride(), *key.stride(), *value.stride(), *out.stride(), *tau.stride(), *tile_max.stride(),
-        *tile_list.stride(),
+        *bound.stride()[:4], *tile_list.stride(),
         n_queries, n_keys, group, qk_scale, alpha, 1.0 / (alpha - 1.0), tau_tolerance(alpha, query.dtype),
         fold_tol, SCAN=_TILE_SCAN, FOLD=fold_tol > 0.0,
         **common, **tau_out_tuning,

@@ -47,7 +47,8 @@ def test_centre_is_the_mean_and_radius_the_farthest_visible_key(dtype):
 
 
 def _check_max_sweep(q, k, scale, alpha=1.5):
-    """Checks the sweep's outputs against float64; returns (tiles skipped, all-zero tiles)."""
+    """Checks the sweep's outputs against float64; returns (tiles skipped, all-zero tiles,
+    groups of listed tiles whose rows hold nothing above their floors there)."""
     sweep = forward.max_sweep(q, k, alpha, True, scale)
     row_max, floor, bound, rel_bound = (sweep[name] for name in ("row_max", "floor", "bound", "rel_bound"))
     n = q.shape[2]
@@ -66,35 +67,48 @@ def _check_max_sweep(q, k, scale, alpha=1.5):
         return x.view(*x.shape[:2], t, 64, t, 64).amax((3, 5))
 
     tile_top = per_tile(z)
-    # The bounds cover the rows whose max within the tile exceeds their floor (by more
-    # than float32 rounding here): per (row, tile) maxima, then the max over such rows.
+    # The bounds cover, per group of 16 rows, the rows whose max within the tile exceeds
+    # their floor (by more than float32 rounding here): per (row, tile) maxima, then the
+    # max over such rows of the group.
     padded = torch.nn.functional.pad(z, (0, pad, 0, pad), value=float("-inf"))
     row_tile_max = padded.view(*z.shape[:2], t * 64, t, 64).amax(-1)
     row_floor = torch.nn.functional.pad(floor.double(), (0, pad), value=float("inf"))[..., None]
     row_m = torch.nn.functional.pad(exact_max, (0, pad), value=0.0)[..., None]
     relevant = row_tile_max > row_floor + 1e-4
     neg = torch.tensor(float("-inf"), dtype=z.dtype, device=z.device)
-    tile_relevant_top = torch.where(relevant, row_tile_max, neg).view(*z.shape[:2], t, 64, t).amax(3)
-    tile_rel = torch.where(relevant, row_tile_max - row_m, neg).view(*z.shape[:2], t, 64, t).amax(3)
-    above_floor = per_tile(z - floor.double()[..., None])  # > 0: some entry above its row's floor
+
+    def per_group(x):  # (B, H, t * 64, t) -> (B, H, t, t, 4): [row block, tile, group]
+        return x.view(*z.shape[:2], t, 4, 16, t).amax(4).transpose(-1, -2)
+
+    group_relevant_top = per_group(torch.where(relevant, row_tile_max, neg))
+    group_rel = per_group(torch.where(relevant, row_tile_max - row_m, neg))
+    above_floor = per_group(row_tile_max - row_floor)  # > 0: some entry above its row's floor
     above_tau = per_tile(z - tau[..., None])
     visible = tile_top > float("-inf")
-    bound, rel_bound = bound[..., :t, :t].double(), rel_bound[..., :t, :t].double()
-    recorded = visible & (bound > float("-inf"))
-    # Recorded tiles carry upper bounds; the others hold nothing above their rows' floors.
-    assert (bound[recorded] >= tile_relevant_top[recorded] - 1e-4).all()
-    assert (rel_bound[recorded] >= tile_rel[recorded] - 1e-4).all()
-    assert (above_floor[visible & ~recorded] <= 1e-4).all()
+    assert bound.shape == (*tile_top.shape[:2], t + 1, t + 1, 4) and bound.shape == rel_bound.shape
+    bound, rel_bound = bound[..., :t, :t, :].double(), rel_bound[..., :t, :t, :].double()
+    recorded = visible[..., None] & (bound > float("-inf"))
+    # Recorded groups carry upper bounds; the others' rows hold nothing above their floors.
+    assert (bound[recorded] >= group_relevant_top[recorded] - 1e-4).all()
+    assert (rel_bound[recorded] >= group_rel[recorded] - 1e-4).all()
+    assert (above_floor[visible[..., None] & ~recorded] <= 1e-4).all()
     assert torch.isneginf(bound[~visible]).all()
-    skipped = visible & (rel_bound <= -1)
-    return int(skipped.sum()), int((visible & (above_tau <= 0)).sum())
+    # A tile some group lists (bound above -inf, relative bound above -1) was computed
+    # exactly, so each group's bounds cover its own rows alone: no higher than the max
+    # over the group's rows at most float32 rounding below their floor.
+    listed = (visible[..., None] & ((bound > float("-inf")) & (rel_bound > -1)).any(-1, keepdim=True)).expand_as(bound)
+    group_top = per_group(torch.where(row_tile_max > row_floor - 1e-4, row_tile_max, neg))
+    assert (bound[listed] <= group_top[listed] + 1e-4).all()
+    skipped = visible & (rel_bound.amax(-1) <= -1)
+    groups_apart = listed & torch.isneginf(group_top)
+    return int(skipped.sum()), int((visible & (above_tau <= 0)).sum()), int(groups_apart.sum())
 
 
 @interpret
 def test_max_sweep_bounds_hold_and_skip_far_tiles():
     q, k, _ = make_qkv(1, 2, 2, 640, 640, 32, torch.float32, sparse=True)
-    skipped, zero_tiles = _check_max_sweep(q, k, 32**-0.5)
-    assert zero_tiles > 20 and skipped >= 0.9 * zero_tiles
+    skipped, zero_tiles, groups_apart = _check_max_sweep(q, k, 32**-0.5)
+    assert zero_tiles > 20 and skipped >= 0.9 * zero_tiles and groups_apart > 0
     q, k, _ = make_qkv(1, 2, 2, 300, 300, 32, torch.float32)  # i.i.d. keys: loose, still valid
     _check_max_sweep(q, k, 32**-0.5)
 
@@ -103,8 +117,8 @@ def test_max_sweep_bounds_hold_and_skip_far_tiles():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_gpu_max_sweep_bounds_hold_and_skip_far_tiles(dtype):
     q, k, _ = make_qkv(1, 4, 4, 4096, 4096, 128, dtype, sparse=True)
-    skipped, zero_tiles = _check_max_sweep(q, k, 128**-0.5)
-    assert zero_tiles > 1000 and skipped >= 0.9 * zero_tiles
+    skipped, zero_tiles, groups_apart = _check_max_sweep(q, k, 128**-0.5)
+    assert zero_tiles > 1000 and skipped >= 0.9 * zero_tiles and groups_apart > 0
     _check_summary(k[:, :, :1000], None)
 
 
