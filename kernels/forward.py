@@ -60,9 +60,10 @@ one program per (Z, H, BLOCK_M rows):
    A group is the rows one warp holds, so each warp reduces and stores its own
    bounds (``store_tile_bounds``). With one bound per tile the reduction crossed the
    warps: two more barriers and a shared-memory round trip per tile. The groups made
-   the max sweep 2-4% faster and the sweeps and the output pass visit about 4% fewer
-   tiles at mid N = 32768 (outputs bitwise equal; forward 2.5% faster there, 1% on
-   mid 8192, high 32768 and dense 32768; H100, ``benchmarks/compare_builds.py``).
+   the max sweep 2-4% faster, and the sweeps and the output pass visit about 4% fewer
+   tiles at mid N = 32768 (CPU simulation); the forward is 2.5% faster there and 0-1%
+   on mid 8192, high 32768 and dense 8192, outputs bitwise equal (H100,
+   ``benchmarks/compare_builds.py``).
 2. ``_adasplash_fwd_tau_out``: threshold sweeps, then the output pass, all block-sparse:
    - sweep k visits only tiles where some row group has bound > min over its still
      active rows of (m + lo) and rel_bound > min of lo: a tile whose entries all lie
