@@ -57,13 +57,12 @@ one program per (Z, H, BLOCK_M rows):
    the row-to-row spread of m. A group with nothing above its rows' floors in a tile
    holds no nonzero of P there and not its rows' max: both bounds -inf, and no later
    pass visits a tile where every group has them.
-   A group is the rows one warp holds, so each warp reduces and stores its own
-   bounds (``store_tile_bounds``). With one bound per tile the reduction crossed the
-   warps: two more barriers and a shared-memory round trip per tile. The groups made
-   the max sweep 2-4% faster, and the sweeps and the output pass visit about 4% fewer
-   tiles at mid N = 32768 (CPU simulation); the forward is 2.5% faster there and 0-1%
-   on mid 8192, high 32768 and dense 8192, outputs bitwise equal (H100,
-   ``benchmarks/compare_builds.py``).
+   A group is the rows one warp holds, so each warp reduces its own bounds
+   (``store_tile_bounds``), where one bound per tile took a reduction across the
+   warps. The groups made the max sweep 3-4% faster, and the sweeps and the output
+   pass visit about 4% fewer tiles at mid N = 32768 (CPU simulation); the forward is
+   2.5% faster there and 0-1% on mid 8192, high 32768 and dense 8192, outputs bitwise
+   equal (H100, ``benchmarks/compare_builds.py``).
 2. ``_adasplash_fwd_tau_out``: threshold sweeps, then the output pass, all block-sparse:
    - sweep k visits only tiles where some row group has bound > min over its still
      active rows of (m + lo) and rel_bound > min of lo: a tile whose entries all lie
@@ -104,10 +103,10 @@ share an SM; the output kernel 255 registers and 82 KB, two programs. Neither is
 by a pipe. ncu on the H100 (mid, N = 32768): the output kernel issues in 55% of cycles,
 its FMA, ALU and tensor pipes 34%, 31% and 30% busy, with 2 warps per scheduler of which
 0.88 are eligible (waits on fixed latencies and on barriers lead); the max sweep issued
-in 41% of cycles, stalled mostly on barriers (its per-tile bound reduction across warps,
-since per warp) and long scoreboards (its K tiles). With two stages, Triton issues the
-copy of a loop's next K tile at the end of the body and waits for it at the top, so only
-the other programs on the SM hide it; a third stage overlaps it within the program, yet
+in 41% of cycles, stalled mostly on barriers (the per-tile bound reduction across warps
+it had then) and long scoreboards (its K tiles). With two stages, Triton issues the copy
+of a loop's next K tile at the end of the body and waits for it at the top, so only the
+other programs on the SM hide it; a third stage overlaps it within the program, yet
 measured 1-3% slower for the output kernel (two programs per SM still fit, at 113 KB)
 and 12% slower for the max sweep (three programs instead of four). Split into a sweep
 kernel (137 registers, three programs per SM) and an output kernel, the forward gained
@@ -362,13 +361,13 @@ def store_tile_bounds(bound_row, rel_row, tile_n, stride_bn, row_max, m_i, floor
     they stay out. The running max never exceeds the final one, so row_max - m_i bounds
     the rows' shifted scores z - m from above.
 
-    A group is one warp's rows at four warps, so no barrier: reshaped as a whole tile (the
-    row values broadcast over its columns), the rows keep the MMA layout and the
-    reduction is warp shuffles that leave each warp holding its own group's bounds. Each
-    is stored as a row of 32 copies to one address, which puts row g of the store's
-    layout in warp g: a [BOUND_GROUPS] store would gather the four values in every warp
-    through shared memory. Per tile the reduction and stores took two barriers and a
-    shared-memory round trip across the block's warps before (sm_90, triton 3.6 SASS).
+    A group is one warp's rows at four warps: reshaped as a whole tile (the row values
+    broadcast over its columns), the rows keep the MMA layout and the reduction is warp
+    shuffles alone. Triton still moves each [BOUND_GROUPS] result to its store layout
+    through shared memory: three barriers per tile, where the reduction across the
+    block's warps took two (sm_90, triton 3.6 SASS); the max sweep got 3-4% faster all
+    the same. A store from each warp of its own value, with no barrier, would take
+    inline PTX (and an interpreter twin).
     """
     relevant = row_max > floor_i
     bound_rows = tl.broadcast_to(tl.where(relevant, row_max, float("-inf"))[:, None], [row_max.shape[0], tile_cols])
@@ -377,10 +376,9 @@ def store_tile_bounds(bound_row, rel_row, tile_n, stride_bn, row_max, m_i, floor
     per_group: tl.constexpr = row_max.shape[0] * tile_cols // BOUND_GROUPS
     bound, rel = tl.reduce((tl.reshape(bound_rows, [BOUND_GROUPS, per_group]),
                             tl.reshape(rel_rows, [BOUND_GROUPS, per_group])), 1, _pairwise_max)
-    lanes: tl.constexpr = 32
-    offsets = tile_n * stride_bn + tl.arange(0, BOUND_GROUPS)[:, None] + 0 * tl.arange(0, lanes)[None, :]
-    tl.store(bound_row + offsets, tl.broadcast_to(bound[:, None], [BOUND_GROUPS, lanes]))
-    tl.store(rel_row + offsets, tl.broadcast_to(rel[:, None], [BOUND_GROUPS, lanes]))
+    offsets = tile_n * stride_bn + tl.arange(0, BOUND_GROUPS)
+    tl.store(bound_row + offsets, bound)
+    tl.store(rel_row + offsets, rel)
 
 
 @triton.jit
