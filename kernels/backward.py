@@ -37,6 +37,12 @@ Launch order (one stream, no atomics, so every run is bitwise identical):
                                DELTA together (DELTA stored to scratch)
   4. _adasplash_bwd_dkdv       per (b, kv head, key block): loops over the GROUP query
                                heads and their active row tiles, reads DELTA
+
+Streamed tiles (K and V in the dQ kernel, Q and dO in the dK/dV kernel) come through
+tensor descriptors where the inputs and the GPU allow it (kernels/tensor_maps.py): one
+bulk copy per tile instead of per-thread addresses and masks. The gradients are bitwise
+the same, and the backward took 8.5-13% less time (H100, bf16, D = 128: mid at N = 32768
+11.06 -> 9.89 ms, dense at 8192 2.53 -> 2.19 ms, same process).
 """
 
 from typing import NamedTuple, Optional
@@ -51,6 +57,12 @@ from adasplash_compile.kernels.masking import (
     visible_key_end,
     visible_query_start,
     visible_tile,
+)
+from adasplash_compile.kernels.tensor_maps import (
+    descriptor_tile,
+    descriptors_supported,
+    ensure_scratch_allocator,
+    head_descriptor,
 )
 from adasplash_compile.options import TILE_M, TILE_N
 
@@ -100,6 +112,9 @@ class BackwardConfig(NamedTuple):
     dkv_warps: int = 4
     dkv_stages: int = 2
     fp32_dot: str = "tf32x3"  # input_precision of fp32 operands, see DOT_TF32X3
+    # Streamed tiles through tensor descriptors (kernels/tensor_maps.py): None where the
+    # inputs and the GPU allow it; True forces it (tests, under the interpreter).
+    tma: Optional[bool] = None
 
 
 def autotune_launch_options(dtype: torch.dtype) -> list:
@@ -124,6 +139,8 @@ def check_backward_config(config: BackwardConfig) -> None:
             raise ValueError(f"{name} must be a power of two in [16, {tile}], got {step}")
     if config.fp32_dot not in _FP32_DOT_MODES:
         raise ValueError(f"fp32_dot must be one of {sorted(_FP32_DOT_MODES)}, got {config.fp32_dot!r}")
+    if config.tma not in (None, True, False):
+        raise ValueError(f"tma must be None, True or False, got {config.tma!r}")
 
 
 def backward_config(head_dim: int, dtype: torch.dtype, device_type: str = "cuda") -> BackwardConfig:
@@ -337,12 +354,18 @@ def _adasplash_bwd_dq_step(
     ALPHA_MODE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     EVEN_D: tl.constexpr,
+    TMA: tl.constexpr,
 ):
-    """u, dP and K of the (BLOCK_M x BLOCK_N) block at keys start_n + offs_n."""
+    """u, dP and K of the (BLOCK_M x BLOCK_N) block at keys start_n + offs_n; k_base and
+    v_base point to the key and value head, or with TMA are (``head_descriptor``, head)."""
     keys = start_n + offs_n
-    keys_ok = keys < n_keys
-    k = _load_tile(k_base + start_n.to(tl.int64) * stride_kn, k_offs, keys_ok, d_ok, EVEN_D)
-    v = _load_tile(v_base + start_n.to(tl.int64) * stride_vn, v_offs, keys_ok, d_ok, EVEN_D)
+    if TMA:
+        k = descriptor_tile(k_base[0], k_base[1], start_n)
+        v = descriptor_tile(v_base[0], v_base[1], start_n)
+    else:
+        keys_ok = keys < n_keys
+        k = _load_tile(k_base + start_n.to(tl.int64) * stride_kn, k_offs, keys_ok, d_ok, EVEN_D)
+        v = _load_tile(v_base + start_n.to(tl.int64) * stride_vn, v_offs, keys_ok, d_ok, EVEN_D)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     # Masked pairs (causal, padding, ragged edge) get z = -inf, hence p = u = 0.
     visible = visible_tile(offs_m, keys, n_queries, n_keys, valid_queries, valid_keys, IS_CAUSAL)
@@ -373,8 +396,10 @@ def _adasplash_bwd_dq(
     ALPHA_MODE: tl.constexpr,
     DOT_MODE: tl.constexpr,
     EVEN_D: tl.constexpr,
+    TMA: tl.constexpr,
 ):
-    """Per (row block, b*Hq): dQ and DELTA of the block's rows (DELTA stored), in one sweep."""
+    """Per (row block, b*Hq): dQ and DELTA of the block's rows (DELTA stored), in one sweep.
+    With TMA the K and V tiles come through descriptors (kernels/tensor_maps.py)."""
     # Inductor passes Python floats to user kernels as fp64; keep the math in fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
     u_exp = tl.cast(u_exp, tl.float32)
@@ -387,8 +412,15 @@ def _adasplash_bwd_dq(
     batch = (bh // n_q_heads).to(tl.int64)
     head = (bh % n_q_heads).to(tl.int64)
     kv_head = head // group_size
-    k_base = k_ptr + batch * stride_kz + kv_head * stride_kh
-    v_base = v_ptr + batch * stride_vz + kv_head * stride_vh
+    if TMA:
+        n_kv_heads = n_q_heads // group_size
+        k_base = (head_descriptor(k_ptr, batch, stride_kz, n_kv_heads, stride_kh, n_keys, stride_kn, BLOCK_N, BLOCK_D),
+                  kv_head.to(tl.int32))
+        v_base = (head_descriptor(v_ptr, batch, stride_vz, n_kv_heads, stride_vh, n_keys, stride_vn, BLOCK_N, BLOCK_D),
+                  kv_head.to(tl.int32))
+    else:
+        k_base = k_ptr + batch * stride_kz + kv_head * stride_kh
+        v_base = v_ptr + batch * stride_vz + kv_head * stride_vh
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -432,7 +464,7 @@ def _adasplash_bwd_dq(
             u, dp, k = _adasplash_bwd_dq_step(
                 q, do, tau, k_base, v_base, k_offs, v_offs, tile_n * TILE_N + sub * BLOCK_N, offs_m, offs_n, d_ok,
                 stride_kn, stride_vn, n_queries, n_keys, valid_queries, valid_keys, qk_scale, u_exp,
-                IS_CAUSAL, ALPHA_MODE, DOT_PRECISION, EVEN_D,
+                IS_CAUSAL, ALPHA_MODE, DOT_PRECISION, EVEN_D, TMA,
             )
             u_sum += tl.sum(u, axis=1)
             u_dp_sum += tl.sum(u * dp, axis=1)
@@ -477,8 +509,10 @@ def _adasplash_bwd_dkdv(
     ALPHA_MODE: tl.constexpr,
     DOT_MODE: tl.constexpr,
     EVEN_D: tl.constexpr,
+    TMA: tl.constexpr,
 ):
     """Per (key block, b*Hkv): dK and dV summed over the GROUP query heads, no atomics.
+    With TMA the Q and dO tiles come through descriptors (kernels/tensor_maps.py).
 
     Works on transposed blocks (keys x rows) so that P^T and dS^T come straight out of
     the score accumulator as the left operand of the dV and dK products.
@@ -510,6 +544,13 @@ def _adasplash_bwd_dkdv(
                    keys_ok, d_ok, EVEN_D)
     valid_queries, valid_keys = valid_lengths(seqlens_ptr, batch, n_queries, n_keys, HAS_SEQLENS)
 
+    if TMA:
+        n_q_heads = n_kv_heads * group_size
+        q_descriptor = head_descriptor(q_ptr, batch, stride_qz, n_q_heads, stride_qh, n_queries, stride_qm, BLOCK_M,
+                                       BLOCK_D)
+        do_descriptor = head_descriptor(do_ptr, batch, stride_doz, n_q_heads, stride_doh, n_queries, stride_dom,
+                                        BLOCK_M, BLOCK_D)
+
     list_id = bkv.to(tl.int64) * n_key_groups + start_n // LIST_KEYS
     count = tl.load(q_count_ptr + list_id)
     index_base = q_index_ptr + list_id * (group_size * n_row_tiles)
@@ -532,8 +573,12 @@ def _adasplash_bwd_dkdv(
             start_m = tile_m * TILE_M + sub * BLOCK_M
             offs_m = start_m + offs_m_block
             rows_ok = offs_m < n_queries
-            q = _load_tile(q_base + start_m.to(tl.int64) * stride_qm, q_offs, rows_ok, d_ok, EVEN_D)
-            do = _load_tile(do_base + start_m.to(tl.int64) * stride_dom, do_offs, rows_ok, d_ok, EVEN_D)
+            if TMA:
+                q = descriptor_tile(q_descriptor, head.to(tl.int32), start_m)
+                do = descriptor_tile(do_descriptor, head.to(tl.int32), start_m)
+            else:
+                q = _load_tile(q_base + start_m.to(tl.int64) * stride_qm, q_offs, rows_ok, d_ok, EVEN_D)
+                do = _load_tile(do_base + start_m.to(tl.int64) * stride_dom, do_offs, rows_ok, d_ok, EVEN_D)
             tau = tl.load(tau_base + offs_m.to(tl.int64) * stride_tm, mask=rows_ok, other=float("inf"))
             delta = tl.load(delta_base + offs_m, mask=rows_ok, other=0.0)
 
@@ -696,6 +741,13 @@ def attention_backward(
     block_d = max(16, triton.next_power_of_2(head_dim))  # tl.dot needs K >= 16
     even_d = block_d == head_dim
     dot_mode = _dot_mode(query.dtype, config)
+    # The dQ kernel streams K and V, the dK/dV kernel Q and dO: through the copy engine
+    # where it can (kernels/tensor_maps.py).
+    tma = config.tma
+    if tma is None:
+        tma = descriptors_supported(query, key, value, grad_out, head_dim=head_dim, block_d=block_d)
+    if tma:
+        ensure_scratch_allocator()
 
     if autotune:
         candidates = autotune_launch_options(query.dtype)
@@ -715,7 +767,7 @@ def attention_backward(
         qk_scale, u_exp, scale,
         BLOCK_M=config.dq_block_m, BLOCK_N=config.dq_block_n, BLOCK_D=block_d, TILE_N=TILE_N,
         LIST_ROWS=list_rows, IS_CAUSAL=is_causal, HAS_SEQLENS=has_seqlens, ALPHA_MODE=alpha_mode,
-        DOT_MODE=dot_mode, EVEN_D=even_d, **dq_options,
+        DOT_MODE=dot_mode, EVEN_D=even_d, TMA=tma, **dq_options,
     )
     launch(dkdv_kernel)[(triton.cdiv(n_keys, config.dkv_block_n), batch * n_kv_heads)](
         query, key, value, grad_out, tau, delta, grad_key, grad_value, lists.q_count, lists.q_index, seqlens_arg,
@@ -725,6 +777,6 @@ def attention_backward(
         qk_scale, u_exp, scale,
         BLOCK_M=config.dkv_block_m, BLOCK_N=config.dkv_block_n, BLOCK_D=block_d, TILE_M=TILE_M,
         LIST_KEYS=list_keys, IS_CAUSAL=is_causal, HAS_SEQLENS=has_seqlens, ALPHA_MODE=alpha_mode,
-        DOT_MODE=dot_mode, EVEN_D=even_d, **dkdv_options,
+        DOT_MODE=dot_mode, EVEN_D=even_d, TMA=tma, **dkdv_options,
     )
     return grad_query, grad_key, grad_value

@@ -363,6 +363,7 @@ def test_default_configs_are_valid(head_dim, dtype, device_type):
         (BackwardConfig(dq_block_n=128), "dq_block_n must be a power of two in \\[16, 64\\], got 128"),
         (BackwardConfig(dkv_block_n=48), "dkv_block_n must be a power of two"),
         (BackwardConfig(dkv_block_m=8), "dkv_block_m must be a power of two in \\[16, 64\\], got 8"),
+        (BackwardConfig(tma="yes"), "tma must be None, True or False, got 'yes'"),
     ],
 )
 def test_invalid_config_raises(config, match):
