@@ -98,29 +98,33 @@ one program per (Z, H, BLOCK_M rows):
    autotuner may relaunch it. With KV_TMA (aligned 16-bit inputs, a power-of-two head
    dim, compute capability 9.0: kernels/tensor_maps.py) its K and V tiles come through
    tensor descriptors, one bulk copy per tile, bitwise the same values: the forward got
-   1-3% faster (H100, same process). The max sweep keeps pointer loads (registers).
+   1-3% faster (H100, same process), and 1-5% more with a third pipeline stage
+   (``TMA_STAGES``; 113 KB of shared memory, so two programs still share an SM). The max
+   sweep keeps pointer loads (registers).
 
-Compiled for sm_90 (bf16, D = 128, default config; triton 3.6 ptxas), without spills:
-the max sweep uses 128 registers and 49 KB of shared memory, so four programs (16 warps)
-share an SM; the output kernel 255 registers and 82 KB, two programs. Neither is bound
-by a pipe. ncu on the H100 (mid, N = 32768): the output kernel issues in 55% of cycles,
-its FMA, ALU and tensor pipes 34%, 31% and 30% busy, with 2 warps per scheduler of which
-0.88 are eligible (waits on fixed latencies and on barriers lead); the max sweep issued
-in 41% of cycles, stalled mostly on barriers (the per-tile bound reduction across warps
-it had then) and long scoreboards (its K tiles). With two stages, Triton issues the copy
-of a loop's next K tile at the end of the body and waits for it at the top, so only the
-other programs on the SM hide it; a third stage overlaps it within the program, yet
-measured 1-3% slower for the output kernel (two programs per SM still fit, at 113 KB)
-and 12% slower for the max sweep (three programs instead of four). Split into a sweep
-kernel (137 registers, three programs per SM) and an output kernel, the forward gained
-2% at N = 32768 and lost 2-5% at N = 8192; split again after the fold (sweeps at 168
-registers, three programs per SM; outputs bitwise equal), it was 1.7% slower at mid
-32768 and 6% at mid 8192, so it stays one kernel: at two programs per SM the sweeps are
-bound by the instructions they issue, not by latency. Per tile and thread (SASS,
-unmasked path) a sweep issues 558 instructions, 804 with counts, of which 248 FFMA and
-96 FADD are the per-entry statistics and 243 the counts; reading the next tile index a
-step early, as the backward does, left the forward 0-1.5% slower. Skipping the PV
-products of output-pass tiles that turn out to hold no nonzero (a branch on their
+Compiled for sm_90 (bf16, D = 128, default config; triton 3.6 ptxas): the max sweep uses
+128 registers and 49 KB of shared memory without spills, so four programs (16 warps)
+share an SM; the output kernel 255 registers and 113 KB with descriptors and three
+stages (24 bytes of spills; 82 KB and 80 bytes with pointer loads and two), two
+programs. Neither is bound by a pipe. ncu on the H100 (mid, N = 32768): the output
+kernel issues in 55% of cycles, its FMA, ALU and tensor pipes 34%, 31% and 30% busy,
+with 2 warps per scheduler of which 0.88 are eligible (waits on fixed latencies and on
+barriers lead); the max sweep issued in 41% of cycles, stalled mostly on barriers (the
+per-tile bound reduction across warps it had then) and long scoreboards (its K tiles).
+With two stages, Triton issues the copy of a loop's next K tile at the end of the body
+and waits for it at the top, so only the other programs on the SM hide it; a third stage
+overlaps it within the program, yet measured 1-3% slower for the output kernel with
+pointer loads (two programs per SM still fit, at 113 KB; with descriptors it is 1-5%
+faster, ``TMA_STAGES``) and 12% slower for the max sweep (three programs instead of
+four). Split into a sweep kernel (137 registers, three programs per SM) and an output
+kernel, the forward gained 2% at N = 32768 and lost 2-5% at N = 8192; split again after
+the fold (sweeps at 168 registers, three programs per SM; outputs bitwise equal), it was
+1.7% slower at mid 32768 and 6% at mid 8192, so it stays one kernel: at two programs per
+SM the sweeps are bound by the instructions they issue, not by latency. Per tile and
+thread (SASS, unmasked path) a sweep issues 558 instructions, 804 with counts, of which
+248 FFMA and 96 FADD are the per-entry statistics and 243 the counts; reading the next
+tile index a step early, as the backward does, left the forward 0-1.5% slower. Skipping
+the PV products of output-pass tiles that turn out to hold no nonzero (a branch on their
 tile_max) made it 4-8% slower: Triton no longer pipelines the V load whose dot sits in
 the branch. Where the forward's time goes (mid, N = 32768, H100, each phase timed by
 cutting the kernel after it): max sweep 4.5 ms, first sweep 4.0, second sweep 4.6,
@@ -219,12 +223,18 @@ def _block_d(head_dim) -> int:
     return block
 
 
-def _smem_estimate(config: dict, head_dim: int, dtype: torch.dtype) -> int:
-    """Bytes of the output pass's pipelined K and V tiles plus the Q tile."""
+def _smem_estimate(config: dict, head_dim: int, dtype: torch.dtype, stages: int) -> int:
+    """Bytes of the output pass's K and V tiles, ``stages`` deep, plus the Q tile."""
     size = dtype.itemsize
     block_d = _block_d(head_dim)
-    kv = 2 * config["BLOCK_N"] * block_d * size * max(1, config["num_stages"])
+    kv = 2 * config["BLOCK_N"] * block_d * size * max(1, stages)
     return kv + config["BLOCK_M"] * block_d * size
+
+
+def _descriptor_stages(config: dict) -> int:
+    """Pipelining depth of the threshold/output kernel when it reads K and V through
+    descriptors (``TMA_STAGES``, else the config's num_stages)."""
+    return config.get("TMA_STAGES", config["num_stages"])
 
 
 def prune_forward_configs(configs: list, head_dim: int, dtype: torch.dtype) -> list:
@@ -238,7 +248,8 @@ def prune_forward_configs(configs: list, head_dim: int, dtype: torch.dtype) -> l
             continue  # tl.arange needs a power of two; two edges bracket the root
         if config["MAX_SWEEPS"] < 1 or config["EDGE_UNROLL"] < 1:
             continue
-        if _smem_estimate(config, head_dim, dtype) > _SMEM_BYTES:
+        if max(_smem_estimate(config, head_dim, dtype, stages) for stages in
+               (config["num_stages"], _descriptor_stages(config))) > _SMEM_BYTES:
             continue
         kept.append(config)
     return kept
@@ -253,13 +264,20 @@ def forward_configs(head_dim: int, dtype: torch.dtype) -> list:
     # Measured on the H100 (bf16, D=128, N=8192, benchmarks/profile_kernels.py --sweep):
     # 4 edges, unrolled, 4 warps, 2 stages was the fastest forward on dense and sparse
     # scores alike, 26-28% below 8 edges rolled.
+    # TMA_STAGES: the threshold/output kernel's depth when K and V come through tensor
+    # descriptors (kernels/tensor_maps.py; 16-bit inputs only), whose copies hold no
+    # registers in flight: a third stage made the forward 1-5% faster (H100, bf16, D = 128,
+    # same process), where with pointer loads it was 1-3% slower. Above D = 128 a third
+    # stage would leave shared memory to one program per SM and little else.
+    deeper = dtype != torch.float32 and block_d <= 128
     for stages in (2, 3, 1) if block_d <= 64 else (2, 1):
         for nbins, sweeps in ((4, 5), (8, 4), (16, 3), (2, 8)):
             for num_warps in (warps, 2 * warps if warps == 4 else 4):
                 for unroll in (nbins, 1) if nbins <= 4 else (1, nbins):
                     candidates.append(
                         dict(BLOCK_M=TILE_M, BLOCK_N=TILE_N, NBINS=nbins, MAX_SWEEPS=sweeps, EDGE_UNROLL=unroll,
-                             num_warps=num_warps, num_stages=stages)
+                             num_warps=num_warps, num_stages=stages,
+                             TMA_STAGES=max(stages, 3) if deeper else stages)
                     )
     return prune_forward_configs(candidates, head_dim, dtype)
 
@@ -287,10 +305,12 @@ def autotune_forward_configs(head_dim: int, dtype: torch.dtype) -> list:
     return forward_configs(head_dim, dtype)[:_AUTOTUNE_CANDIDATES]
 
 
-def _histogram_config(config: dict) -> dict:
-    """What a config sets for the threshold/output kernel beyond the shared block sizes."""
+def _histogram_config(config: dict, descriptors: bool) -> dict:
+    """What a config sets for the threshold/output kernel beyond the shared block sizes;
+    descriptors: whether the kernel reads K and V through tensor descriptors."""
+    stages = _descriptor_stages(config) if descriptors else config["num_stages"]
     return dict(NBINS=config["NBINS"], MAX_SWEEPS=config["MAX_SWEEPS"], EDGE_UNROLL=config["EDGE_UNROLL"],
-                **launch_options(config))
+                num_warps=config["num_warps"], num_stages=stages)
 
 
 def _distinct(configs: list) -> list:
@@ -1033,13 +1053,14 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
         candidates = autotune_forward_configs(head_dim, query.dtype)
         rowmax_kernel = autotuned(_adasplash_fwd_rowmax, _distinct([launch_options(c) for c in candidates]),
                                   key=("M", "N"))
-        tau_out_kernel = autotuned(_adasplash_fwd_tau_out, [_histogram_config(c) for c in candidates],
+        tau_out_kernel = autotuned(_adasplash_fwd_tau_out,
+                                   _distinct([_histogram_config(c, kv_tma) for c in candidates]),
                                    key=("M", "N"))
         rowmax_tuning, tau_out_tuning = {}, {}
     else:
         rowmax_kernel, tau_out_kernel = _adasplash_fwd_rowmax, _adasplash_fwd_tau_out
         rowmax_tuning = launch_options(cfg)
-        tau_out_tuning = _histogram_config(cfg)
+        tau_out_tuning = _histogram_config(cfg, kv_tma)
     centre, radius = key_tile_summary(key, n_queries, seqlens_arg, has_seqlens, common["BLOCK_D"], bool(use_int64),
                                       wrap=wrap)
     scale_argument, scale_as_bits = float32_bits(qk_scale)

@@ -146,6 +146,24 @@ def test_prune_drops_stages_that_overflow_shared_memory():
     assert default_forward_config(256, torch.float32)["num_stages"] == 1
 
 
+def test_descriptor_stages_only_where_descriptors_can_run():
+    # A third pipeline stage for the threshold/output kernel, only when it reads K and V
+    # through descriptors (16-bit inputs) and the tiles leave room for it (D <= 128).
+    for head_dim, dtype, deeper in ((64, torch.bfloat16, 3), (128, torch.float16, 3), (256, torch.bfloat16, 2),
+                                    (128, torch.float32, 2)):
+        config = default_forward_config(head_dim, dtype)
+        assert (config["num_stages"], config["TMA_STAGES"]) == (2 if dtype != torch.float32 or head_dim < 256 else 1,
+                                                                 deeper)
+        assert forward_module._histogram_config(config, True)["num_stages"] == deeper
+        assert forward_module._histogram_config(config, False)["num_stages"] == config["num_stages"]
+    # Configs without the key keep num_stages for both paths.
+    plain = dict(BLOCK_M=64, BLOCK_N=64, NBINS=4, MAX_SWEEPS=5, EDGE_UNROLL=4, num_warps=4, num_stages=2)
+    assert forward_module._histogram_config(plain, True)["num_stages"] == 2
+    # Pruning counts the deeper pipeline's shared memory too: fp32 at D = 256 fits one
+    # stage, not three.
+    assert prune_forward_configs([dict(plain, num_stages=1, TMA_STAGES=3)], 256, torch.float32) == []
+
+
 def test_every_candidate_config_passes_pruning():
     for head_dim in (8, 64, 256):
         for dtype in (torch.float32, torch.bfloat16):
