@@ -23,7 +23,8 @@ where none is set.
 
 The copy engine needs compute capability 9.0 or newer, a contiguous last dimension, and
 16-byte aligned strides and base; the box here is as wide as the head, so the head dim
-must be a power of two (``descriptors_supported``). Other inputs take the pointer loads.
+must be a power of two of at least 16 (``descriptors_supported``). Other inputs take the
+pointer loads.
 """
 
 import torch
