@@ -1025,8 +1025,6 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     kv_tma = cfg.pop("KV_TMA", None)
     if kv_tma is None:
         kv_tma = descriptors_supported(key, value, head_dim=head_dim, block_d=block_d)
-    if kv_tma:
-        ensure_scratch_allocator()
     has_seqlens = seqlens is not None
     # The kernels read seqlens_ptr + b; a (B,) copy is cheap. tau is a dummy pointer,
     # never read when HAS_SEQLENS is False.
@@ -1041,7 +1039,6 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
         # tf32 is not accurate enough for the 1e-4 fp32 bar; ignored for fp16/bf16.
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         USE_INT64=bool(use_int64),
-        KV_TMA=bool(kv_tma),
         ALPHA_MODE=alpha_mode(alpha),
     )
     group = q_heads // kv_heads
@@ -1064,18 +1061,17 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     centre, radius = key_tile_summary(key, n_queries, seqlens_arg, has_seqlens, common["BLOCK_D"], bool(use_int64),
                                       wrap=wrap)
     scale_argument, scale_as_bits = float32_bits(qk_scale)
-    # The max sweep keeps pointer loads: with descriptors it compiled to 136 registers
-    # (sm_90, triton 3.6), past the 128 that let four programs share an SM.
-    rowmax_common = {name: setting for name, setting in common.items() if name != "KV_TMA"}
     launch(rowmax_kernel)[grid](
         query, key, centre, radius, row_max, floor, bound, rel_bound, tile_list, seqlens_arg,
         *query.stride(), *key.stride(), *centre.stride(), *radius.stride(), *row_max.stride(), *bound.stride()[:4],
         *tile_list.stride(),
         n_queries, n_keys, group, scale_argument, alpha, 1.0 / (alpha - 1.0), tile_max.shape[3],
-        CENTRE_CHUNK=_CENTRE_CHUNK, SCAN=_TILE_SCAN, SCALE_AS_BITS=scale_as_bits, **rowmax_common, **rowmax_tuning,
+        CENTRE_CHUNK=_CENTRE_CHUNK, SCAN=_TILE_SCAN, SCALE_AS_BITS=scale_as_bits, **common, **rowmax_tuning,
     )
     if not with_output:
         return buffers
+    if kv_tma:
+        ensure_scratch_allocator()
     fold_tol = fold_tolerance(alpha, query.dtype)
     launch(tau_out_kernel)[grid](
         query, key, value, out, row_max, floor, tau, bound, rel_bound, tile_max, tile_list, seqlens_arg,
@@ -1083,6 +1079,8 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
         *bound.stride()[:4], *tile_list.stride(),
         n_queries, n_keys, group, qk_scale, alpha, 1.0 / (alpha - 1.0), tau_tolerance(alpha, query.dtype),
         fold_tol, SCAN=_TILE_SCAN, FOLD=fold_tol > 0.0,
-        **common, **tau_out_tuning,
+        # The max sweep above keeps pointer loads: with descriptors it compiled to 136
+        # registers (sm_90, triton 3.6), past the 128 that let four programs share an SM.
+        KV_TMA=bool(kv_tma), **common, **tau_out_tuning,
     )
     return buffers

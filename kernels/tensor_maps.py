@@ -30,15 +30,19 @@ pointer loads.
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
+
+try:
+    from triton.runtime._allocation import NullAllocator, _allocator
+except ImportError:  # no way to see the current allocator: ensure_scratch_allocator sets ours
+    NullAllocator = _allocator = None
 
 _BOX_BYTES_ALIGNMENT = 16
 
 
 def _is_real(tensor: torch.Tensor) -> bool:
     """False for the fake and functional tensors of tracing, which have no data pointer."""
-    from torch._subclasses.fake_tensor import FakeTensor
-    from torch._subclasses.functional_tensor import FunctionalTensor
-
     return not isinstance(tensor, (FakeTensor, FunctionalTensor))
 
 
@@ -78,13 +82,7 @@ def ensure_scratch_allocator() -> None:
     program), which Triton's launcher takes from the allocator of ``triton.set_allocator``.
     One set by the caller (or by Inductor, which sets its own) stays.
     """
-    try:
-        from triton.runtime._allocation import NullAllocator, _allocator
-    except ImportError:  # no way to see the current one: set ours
-        current_is_null = True
-    else:
-        current_is_null = isinstance(_allocator.get(), NullAllocator)
-    if current_is_null:
+    if _allocator is None or isinstance(_allocator.get(), NullAllocator):
         triton.set_allocator(_torch_scratch)
 
 
