@@ -34,7 +34,8 @@ Launch order (one stream, no atomics, so every run is bitwise identical):
   2. _adasplash_bwd_key_lists  per (b, kv head, key group): the active (query head,
                                row tile) pairs of the key group (for dK/dV)
   3. _adasplash_bwd_dq         per (b, h, row block): one sweep accumulates dQ and
-                               DELTA together (DELTA stored to scratch)
+                               DELTA together (DELTA stored to scratch); causal row
+                               blocks launch last block first (heaviest_first)
   4. _adasplash_bwd_dkdv       per (b, kv head, key block): loops over the GROUP query
                                heads and their active row tiles, reads DELTA
 
@@ -53,6 +54,7 @@ import triton.language as tl
 
 from adasplash_compile.kernels.autotuning import autotuned
 from adasplash_compile.kernels.masking import (
+    heaviest_first,
     valid_lengths,
     visible_key_end,
     visible_query_start,
@@ -407,7 +409,7 @@ def _adasplash_bwd_dq(
     tl.static_assert(TILE_N % BLOCK_N == 0)
     tl.static_assert(LIST_ROWS % BLOCK_M == 0)
     DOT_PRECISION: tl.constexpr = "ieee" if DOT_MODE == DOT_IEEE else "tf32x3" if DOT_MODE == DOT_TF32X3 else "tf32"
-    start_m = tl.program_id(0) * BLOCK_M
+    start_m = heaviest_first(tl.program_id(0), tl.num_programs(0), IS_CAUSAL) * BLOCK_M
     bh = tl.program_id(1)
     batch = (bh // n_q_heads).to(tl.int64)
     head = (bh % n_q_heads).to(tl.int64)
@@ -536,8 +538,6 @@ def _adasplash_bwd_dkdv(
     d_ok = offs_d < head_dim
     k_offs = _tile_offsets(tl.arange(0, BLOCK_N), stride_kn, offs_d, stride_kd)
     v_offs = _tile_offsets(tl.arange(0, BLOCK_N), stride_vn, offs_d, stride_vd)
-    q_offs = _tile_offsets(offs_m_block, stride_qm, offs_d, stride_qd)
-    do_offs = _tile_offsets(offs_m_block, stride_dom, offs_d, stride_dod)
     k = _load_tile(k_ptr + batch * stride_kz + kv_head * stride_kh + start_n.to(tl.int64) * stride_kn, k_offs,
                    keys_ok, d_ok, EVEN_D)
     v = _load_tile(v_ptr + batch * stride_vz + kv_head * stride_vh + start_n.to(tl.int64) * stride_vn, v_offs,
@@ -550,6 +550,9 @@ def _adasplash_bwd_dkdv(
                                        BLOCK_D)
         do_descriptor = head_descriptor(do_ptr, batch, stride_doz, n_q_heads, stride_doh, n_queries, stride_dom,
                                         BLOCK_M, BLOCK_D)
+    else:
+        q_offs = _tile_offsets(offs_m_block, stride_qm, offs_d, stride_qd)
+        do_offs = _tile_offsets(offs_m_block, stride_dom, offs_d, stride_dod)
 
     list_id = bkv.to(tl.int64) * n_key_groups + start_n // LIST_KEYS
     count = tl.load(q_count_ptr + list_id)
@@ -565,8 +568,6 @@ def _adasplash_bwd_dkdv(
         g = entry // n_row_tiles
         tile_m = entry - g * n_row_tiles
         head = kv_head * group_size + g
-        q_base = q_ptr + batch * stride_qz + head * stride_qh
-        do_base = do_ptr + batch * stride_doz + head * stride_doh
         tau_base = tau_ptr + batch * stride_tz + head * stride_th
         delta_base = delta_ptr + (batch * (n_kv_heads * group_size) + head) * n_queries
         for sub in tl.static_range(TILE_M // BLOCK_M):
@@ -577,8 +578,10 @@ def _adasplash_bwd_dkdv(
                 q = descriptor_tile(q_descriptor, head.to(tl.int32), start_m)
                 do = descriptor_tile(do_descriptor, head.to(tl.int32), start_m)
             else:
-                q = _load_tile(q_base + start_m.to(tl.int64) * stride_qm, q_offs, rows_ok, d_ok, EVEN_D)
-                do = _load_tile(do_base + start_m.to(tl.int64) * stride_dom, do_offs, rows_ok, d_ok, EVEN_D)
+                q_base = q_ptr + batch * stride_qz + head * stride_qh + start_m.to(tl.int64) * stride_qm
+                do_base = do_ptr + batch * stride_doz + head * stride_doh + start_m.to(tl.int64) * stride_dom
+                q = _load_tile(q_base, q_offs, rows_ok, d_ok, EVEN_D)
+                do = _load_tile(do_base, do_offs, rows_ok, d_ok, EVEN_D)
             tau = tl.load(tau_base + offs_m.to(tl.int64) * stride_tm, mask=rows_ok, other=float("inf"))
             delta = tl.load(delta_base + offs_m, mask=rows_ok, other=0.0)
 

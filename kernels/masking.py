@@ -65,3 +65,15 @@ def first_masked_tile(start_m, n_queries, n_keys, valid_queries, valid_keys, IS_
         # for the rows below) while its last key stays within that.
         first = tl.minimum(first, tl.maximum(start_m + (n_keys - n_queries) + 1, 0) // BLOCK_N)
     return tl.where(start_m + BLOCK_M <= valid_queries, first, 0)
+
+
+@triton.jit
+def heaviest_first(program, n_programs, IS_CAUSAL: tl.constexpr):
+    """Row block of the program'th of n_programs query-block programs: under causal
+    masking the last row block sees the most keys, so it goes first. The GPU starts
+    programs in launch order, and small blocks last leave little idle at the end
+    of a launch, where a large block started last runs on alone."""
+    if IS_CAUSAL:
+        return n_programs - 1 - program
+    else:
+        return program
