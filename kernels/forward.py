@@ -165,10 +165,11 @@ from adasplash_compile.kernels.fold_output import (
 )
 from adasplash_compile.kernels.histogram_floor import HIST_BINS, histogram_add, histogram_floor
 from adasplash_compile.kernels.key_summary import key_tile_summary
+from adasplash_compile.kernels.low_bracket import low_top, reopen_above, starts_low
 from adasplash_compile.kernels.tensor_maps import (
+    allocate_scratch_before_launch,
     descriptor_tile,
     descriptors_supported,
-    ensure_scratch_allocator,
     head_descriptor,
 )
 from adasplash_compile.kernels.masking import (
@@ -498,7 +499,8 @@ def threshold_floor(q, k_base, diagonal, offs_m, offs_n, offs_d, M, N, valid_q, 
 
 @triton.jit
 def _adasplash_fwd_rowmax(
-    q_ptr, k_ptr, centre_ptr, radius_ptr, m_ptr, floor_ptr, bound_ptr, rel_bound_ptr, tile_list_ptr, seqlens_ptr,
+    q_ptr, k_ptr, centre_ptr, radius_ptr, m_ptr, floor_ptr, local_floor_ptr, bound_ptr, rel_bound_ptr, tile_list_ptr,
+    seqlens_ptr,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_cz, stride_ch, stride_cn, stride_cd,
@@ -511,7 +513,8 @@ def _adasplash_fwd_rowmax(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CENTRE_CHUNK: tl.constexpr,
     SCAN: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, SCALE_AS_BITS: tl.constexpr,
 ):
-    """Max sweep: row max m and threshold floor (m_ptr, floor_ptr: same strides) and both
+    """Max sweep: row max m, threshold floor and the floor of the rows' two local tiles
+    alone (m_ptr, floor_ptr, local_floor_ptr: same strides; kernels/low_bracket.py) and both
     bounds of all n_tile_cols tiles of the row block, per row group.
 
     centre_ptr / radius_ptr: kernels/key_summary.py. bound_ptr / rel_bound_ptr share
@@ -573,6 +576,9 @@ def _adasplash_fwd_rowmax(
                                    alpha, inv, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64,
                                    ALPHA_MODE, BLOCK_N)
     floor_i = tl.maximum(floor_i, m_i - 1.0)
+    # Stored now, not at the end, where one more live row vector took the sweep to 129
+    # registers (sm_90, triton 3.6): the floor before the histogram lifts it.
+    tl.store(local_floor_ptr + off_z * stride_mz + off_h * stride_mh + rows_m * stride_mm, floor_i, mask=offs_m < M)
 
     # 2. Centre bounds (kernels/key_summary.py) for every tile, CENTRE_CHUNK tiles per
     #    product: z_ij <= qk_scale (q_i.c_J + |q_i| r_J). The slack term covers the
@@ -815,8 +821,8 @@ def output_pass(q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, 
 
 @triton.jit
 def _adasplash_fwd_tau_out(
-    q_ptr, k_ptr, v_ptr, out_ptr, m_ptr, floor_ptr, tau_ptr, bound_ptr, rel_bound_ptr, tile_max_ptr, tile_list_ptr,
-    seqlens_ptr,
+    q_ptr, k_ptr, v_ptr, out_ptr, m_ptr, floor_ptr, local_floor_ptr, tau_ptr, bound_ptr, rel_bound_ptr, tile_max_ptr,
+    tile_list_ptr, seqlens_ptr,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
@@ -834,7 +840,7 @@ def _adasplash_fwd_tau_out(
 ):
     """Threshold sweeps and the output pass for one row block.
 
-    m_ptr, floor_ptr and tau_ptr share their shape and strides (stride_tau*); bound_ptr
+    m_ptr, floor_ptr, local_floor_ptr and tau_ptr share their shape and strides (stride_tau*); bound_ptr
     and rel_bound_ptr theirs (stride_b*, as in the max sweep). tile_max_ptr (strides
     stride_t*) must hold -inf on entry: only the tiles holding a nonzero of P are
     written. tile_list_ptr: int32 scratch (strides stride_l*), per program a row holding
@@ -903,16 +909,28 @@ def _adasplash_fwd_tau_out(
     sweep = tl.zeros([], tl.int32)
     folded = tl.zeros([], tl.int32)
     out = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    sweep_limit = MAX_SWEEPS
     if FOLD:
         # Stop after FOLD_AFTER sweeps and let the output pass finish the rows still
         # active (kernels/fold_output.py); where its correction is not accurate enough,
-        # the sweeps resume below and the output pass runs again.
+        # the sweeps resume below and the output pass runs again. A block with dense
+        # scores sweeps the bottom of its bracket first, with counts, and folds after
+        # that one sweep (kernels/low_bracket.py): the sweep counter starts at 1, where
+        # the sweeps take counts, and the sweeps' budget moves up with it.
+        local_floor = tl.load(local_floor_ptr + row_offset, mask=offs_m < M, other=float("-inf"))
+        low = starts_low(lo, hi, local_floor - m_shift, n_i, active)
+        full_hi = hi
+        hi = low_top(lo, hi, active, low)
+        top = hi
+        sweep = low.to(tl.int32)
+        sweep_limit += sweep
         lo, hi, tau_i, active, sweep = threshold_sweeps(
             q, k_base, bound_row, rel_row, stride_bn, list_ptr, stride_ln, n_tiles, first_masked, m_shift, lo, hi,
             tau_i, active, sweep, FOLD_AFTER, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, tau_tol,
             stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, KV_TMA, BLOCK_N, NBINS, ALPHA_MODE,
             EDGE_UNROLL, SCAN)
-        if tl.sum(active.to(tl.int32), 0) > 0:
+        lo, hi, tau_i, active, reopened = reopen_above(lo, hi, tau_i, active, top, full_hi)
+        if (tl.sum(active.to(tl.int32), 0) > 0) & (reopened == 0):
             # The estimate: for alpha = 1.5 the closed form, at or above tau' and within
             # about 2^-12 of it after two sweeps (kernels/fold_output.py).
             tau_abs, tau_rel = output_thresholds(m_shift, tau_i, sees_keys)
@@ -929,7 +947,7 @@ def _adasplash_fwd_tau_out(
     if folded == 0:
         lo, hi, tau_i, active, sweep = threshold_sweeps(
             q, k_base, bound_row, rel_row, stride_bn, list_ptr, stride_ln, n_tiles, first_masked, m_shift, lo, hi,
-            tau_i, active, sweep, MAX_SWEEPS, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, tau_tol,
+            tau_i, active, sweep, sweep_limit, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, tau_tol,
             stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, KV_TMA, BLOCK_N, NBINS, ALPHA_MODE,
             EDGE_UNROLL, SCAN)
         # ---- output pass over the tiles that may hold a nonzero of P; each one visited
@@ -950,6 +968,10 @@ def _adasplash_fwd_tau_out(
 
 
 # --------------------------------------------------------------------------- launcher
+
+
+
+allocate_scratch_before_launch(_adasplash_fwd_tau_out, "KV_TMA")
 
 
 def float32_bits(value):
@@ -993,12 +1015,13 @@ def attention_forward(
 
 
 def max_sweep(query, key, alpha, is_causal, scale, seqlens=None, *, config=None) -> dict:
-    """Kernel 1 alone, for tests and profiling: {"row_max", "floor", "bound", "rel_bound"}
+    """Kernel 1 alone, for tests and profiling: {"row_max", "floor", "local_floor", "bound",
+    "rel_bound"}
     (bound and rel_bound shaped like tile_max plus a last dimension of BOUND_GROUPS row
     groups of 16 rows; their padding row is never written)."""
     buffers = _run_forward(query, key, key, alpha, is_causal, scale, seqlens, None, config, False,
                            with_output=False)
-    return {name: buffers[name] for name in ("row_max", "floor", "bound", "rel_bound")}
+    return {name: buffers[name] for name in ("row_max", "floor", "local_floor", "bound", "rel_bound")}
 
 
 def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, config, autotune, with_output):
@@ -1013,7 +1036,8 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     tiles = (batch, q_heads, *tile_grid(n_queries, n_keys))
     # The output pass writes only the tiles holding a nonzero of P.
     tile_max = torch.full(tiles, float("-inf"), dtype=torch.float32, device=query.device)
-    # Scratch, never read by the caller: the row max and threshold floor, the tile
+    # Scratch, never read by the caller: the row max, the threshold floor and the local
+    # tiles' floor before the histogram lifted it (kernels/low_bracket.py), the tile
     # bounds (tile_max's shape with a last, contiguous dimension of BOUND_GROUPS row
     # groups), and the per-program lists of active tiles: a row holds LIST_HEAD
     # threshold slots and up to cdiv(N, 64) tile indices; padded like tile_max, so no
@@ -1021,6 +1045,7 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     bounds = (*tiles, BOUND_GROUPS.value)
     buffers = dict(
         out=out, tau=tau, tile_max=tile_max, row_max=torch.empty_like(tau), floor=torch.empty_like(tau),
+        local_floor=torch.empty_like(tau),
         bound=torch.empty(bounds, dtype=torch.float32, device=query.device),
         rel_bound=torch.empty(bounds, dtype=torch.float32, device=query.device),
     )
@@ -1057,7 +1082,8 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     group = q_heads // kv_heads
     qk_scale = (alpha - 1.0) * scale
     grid = (triton.cdiv(n_queries, block_m), q_heads, batch)
-    row_max, floor, bound, rel_bound = (buffers[name] for name in ("row_max", "floor", "bound", "rel_bound"))
+    row_max, floor, local_floor, bound, rel_bound = (buffers[name] for name in
+                                                     ("row_max", "floor", "local_floor", "bound", "rel_bound"))
     tile_list = torch.empty((*tiles[:3], tiles[3] + LIST_HEAD.value - 1), dtype=torch.int32, device=query.device)
     if autotune:
         candidates = autotune_forward_configs(head_dim, query.dtype)
@@ -1075,7 +1101,7 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
                                       wrap=wrap)
     scale_argument, scale_as_bits = float32_bits(qk_scale)
     launch(rowmax_kernel)[grid](
-        query, key, centre, radius, row_max, floor, bound, rel_bound, tile_list, seqlens_arg,
+        query, key, centre, radius, row_max, floor, local_floor, bound, rel_bound, tile_list, seqlens_arg,
         *query.stride(), *key.stride(), *centre.stride(), *radius.stride(), *row_max.stride(), *bound.stride()[:4],
         *tile_list.stride(),
         n_queries, n_keys, group, scale_argument, alpha, 1.0 / (alpha - 1.0), tile_max.shape[3],
@@ -1083,11 +1109,9 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     )
     if not with_output:
         return buffers
-    if kv_tma:
-        ensure_scratch_allocator()
     fold_tol = fold_tolerance(alpha, query.dtype)
     launch(tau_out_kernel)[grid](
-        query, key, value, out, row_max, floor, tau, bound, rel_bound, tile_max, tile_list, seqlens_arg,
+        query, key, value, out, row_max, floor, local_floor, tau, bound, rel_bound, tile_max, tile_list, seqlens_arg,
         *query.stride(), *key.stride(), *value.stride(), *out.stride(), *tau.stride(), *tile_max.stride(),
         *bound.stride()[:4], *tile_list.stride(),
         n_queries, n_keys, group, qk_scale, alpha, 1.0 / (alpha - 1.0), tau_tolerance(alpha, query.dtype),

@@ -203,7 +203,8 @@ def test_mutation_analysis_reports_only_outputs(suite):
     )
     assert writes == {
         "_key_tile_summary": ["centre_ptr", "radius_ptr"],
-        "_adasplash_fwd_rowmax": ["bound_ptr", "floor_ptr", "m_ptr", "rel_bound_ptr", "tile_list_ptr"],
+        "_adasplash_fwd_rowmax": ["bound_ptr", "floor_ptr", "local_floor_ptr", "m_ptr", "rel_bound_ptr",
+                                  "tile_list_ptr"],
         "_adasplash_fwd_tau_out": ["out_ptr", "tau_ptr", "tile_list_ptr", "tile_max_ptr"],
     }
 
