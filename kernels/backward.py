@@ -61,9 +61,9 @@ from adasplash_compile.kernels.masking import (
     visible_tile,
 )
 from adasplash_compile.kernels.tensor_maps import (
+    allocate_scratch_before_launch,
     descriptor_tile,
     descriptors_supported,
-    ensure_scratch_allocator,
     head_descriptor,
 )
 from adasplash_compile.options import TILE_M, TILE_N
@@ -489,6 +489,10 @@ def _adasplash_bwd_dq(
 # --------------------------------------------------------------------------------------
 
 
+
+allocate_scratch_before_launch(_adasplash_bwd_dq, "TMA")
+
+
 @triton.jit
 def _adasplash_bwd_dkdv(
     q_ptr, k_ptr, v_ptr, do_ptr, tau_ptr, delta_ptr, dk_ptr, dv_ptr, q_count_ptr, q_index_ptr, seqlens_ptr,
@@ -605,6 +609,10 @@ def _adasplash_bwd_dkdv(
 # --------------------------------------------------------------------------------------
 # Launcher
 # --------------------------------------------------------------------------------------
+
+
+
+allocate_scratch_before_launch(_adasplash_bwd_dkdv, "TMA")
 
 
 def _identity(kernel):
@@ -749,8 +757,6 @@ def attention_backward(
     tma = config.tma
     if tma is None:
         tma = descriptors_supported(query, key, value, grad_out, head_dim=head_dim, block_d=block_d)
-    if tma:
-        ensure_scratch_allocator()
 
     if autotune:
         candidates = autotune_launch_options(query.dtype)

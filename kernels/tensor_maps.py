@@ -18,8 +18,9 @@ pointers and strides it already takes, so ``torch.library.wrap_triton`` traces t
 launches unchanged (it captures no host-side descriptor outside Dynamo, torch 2.11 to
 2.13). A built descriptor lives in 128 bytes of global scratch per program, which
 Triton's launcher takes from the allocator of ``triton.set_allocator``: Inductor sets
-one before its launches, and the attention launchers set ``ensure_scratch_allocator``'s
-where none is set.
+one before its launches, and the kernels that build descriptors set
+``ensure_scratch_allocator``'s where none is set, from a launch hook
+(``allocate_scratch_before_launch``).
 
 The copy engine needs compute capability 9.0 or newer, a contiguous last dimension, and
 16-byte aligned strides and base; the box here is as wide as the head, so the head dim
@@ -73,6 +74,28 @@ def descriptors_supported(*tensors: torch.Tensor, head_dim: int, block_d: int) -
         if any(size == 0 for size in tensor.shape) or not _aligned(tensor):
             return False
     return True
+
+
+def allocate_scratch_before_launch(kernel, flag: str):
+    """Have ``kernel`` (a ``triton.jit`` function) call ``ensure_scratch_allocator`` before
+    every launch whose keyword argument ``flag`` is true, and return it.
+
+    Triton keeps the allocator per thread (a ContextVar). A graph that AOTAutograd traced,
+    run without Inductor (``backend="aot_eager"``, ``torch.library.opcheck``), launches the
+    backward's kernels from the autograd engine's device thread, where the launchers' own
+    call never ran: the launch hook runs in whichever thread launches. torch's traced
+    launches pass every argument by position, the launchers the flags by name.
+    """
+    if not hasattr(kernel, "add_pre_run_hook"):
+        return kernel
+    position = kernel.arg_names.index(flag)
+
+    def set_allocator_where_flagged(*args, **kwargs):
+        if kwargs[flag] if flag in kwargs else len(args) > position and args[position]:
+            ensure_scratch_allocator()
+
+    kernel.add_pre_run_hook(set_allocator_where_flagged)
+    return kernel
 
 
 def ensure_scratch_allocator() -> None:

@@ -7,13 +7,17 @@ The ``interpret`` tests force the descriptor path on CPU tensors under TRITON_IN
 the default for aligned 16-bit inputs with a power-of-two head dim.
 """
 
+import threading
+
 import pytest
 import torch
 
 from adasplash_compile import reference
 from adasplash_compile.kernels.backward import attention_backward, backward_config
 from adasplash_compile.kernels.forward import _block_d, attention_forward, default_forward_config
-from adasplash_compile.kernels.tensor_maps import _aligned, descriptors_supported
+from adasplash_compile.kernels.backward import _adasplash_bwd_dkdv, _adasplash_bwd_dq
+from adasplash_compile.kernels.forward import _adasplash_fwd_tau_out
+from adasplash_compile.kernels.tensor_maps import NullAllocator, _aligned, _allocator, descriptors_supported
 from tests.conftest import DEVICE
 from tests.kernels.mutation import IN_BOTH_SUITES, kernel_writes
 
@@ -156,3 +160,47 @@ def test_gpu_descriptor_path_is_bitwise_the_pointer_path(dtype, q_heads, kv_head
     pointer, default = run_both(q, k, v, do, is_causal, seqlens, (dict(forward, KV_TMA=False), None),
                                 (backward._replace(tma=False), None))
     assert_bitwise_equal(pointer, default)
+
+
+@gpu
+def test_gpu_kernels_set_the_scratch_allocator_in_the_thread_that_launches_them():
+    # Triton's allocator is per thread; a new thread starts with none, as the autograd
+    # engine's device thread does when a traced backward runs there without Inductor.
+    q, k, v, do = make_inputs(2, 2, 300, 300, 64, torch.bfloat16)
+    assert descriptors_supported(q, k, v, do, head_dim=64, block_d=64)
+    launched = []
+
+    def launch():
+        launched.extend(run_both(q, k, v, do, True, None, (None,), (None,)))
+        torch.cuda.synchronize()
+
+    thread = threading.Thread(target=launch)
+    thread.start()
+    thread.join()
+    assert len(launched) == 1, "the launches in a new thread raised"
+    assert_bitwise_equal(run_both(q, k, v, do, True, None, (None,), (None,))[0], launched[0])
+
+
+@pytest.mark.parametrize("kernel, flag", [(_adasplash_fwd_tau_out, "KV_TMA"), (_adasplash_bwd_dq, "TMA"),
+                                          (_adasplash_bwd_dkdv, "TMA")], ids=["tau_out", "dq", "dkdv"])
+@pytest.mark.parametrize("by_position", [False, True])
+@pytest.mark.parametrize("flag_on", [False, True])
+def test_launch_hook_sets_the_allocator_where_the_descriptor_flag_is_on(kernel, flag, by_position, flag_on):
+    if _allocator is None or not hasattr(kernel, "pre_run_hooks"):
+        pytest.skip("this Triton has no allocator to inspect or no launch hooks")
+    # The hooks run as Triton runs them before a launch: our launchers pass the flag by
+    # name, torch's traced launches every argument by position. A new thread starts
+    # without an allocator.
+    args = [None] * len(kernel.arg_names)
+    args[kernel.arg_names.index(flag)] = flag_on
+    without_allocator = []
+
+    def launch_hooks():
+        for hook in kernel.pre_run_hooks:
+            hook(*args) if by_position else hook(**{flag: flag_on})
+        without_allocator.append(isinstance(_allocator.get(), NullAllocator))
+
+    thread = threading.Thread(target=launch_hooks)
+    thread.start()
+    thread.join()
+    assert without_allocator == [not flag_on]
