@@ -89,7 +89,9 @@ one program per (Z, H, BLOCK_M rows):
      sweeps, a block whose rows have not all converged runs the output pass at the
      estimate with one more product per tile (sum h.V) and corrects tau and the output
      from its sums, in place of the sweeps left; where the correction misses its
-     accuracy bound, the sweeps resume and the output pass runs again.
+     accuracy bound, the sweeps resume and the output pass runs again. A block with
+     dense scores sweeps the bottom of its bracket first and folds after that one sweep
+     (kernels/low_bracket.py).
    Before each sweep and the output pass, ``list_active_tiles`` compacts the
    indices of the tiles to visit into int32 scratch (vector loads of the bounds
    plus a prefix sum), so the tile loops carry no per-tile branch or dependent
