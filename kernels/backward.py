@@ -484,13 +484,12 @@ def _adasplash_bwd_dq(
                 acc * scale, rows_ok, d_ok, EVEN_D)
 
 
+allocate_scratch_before_launch(_adasplash_bwd_dq, "TMA")
+
+
 # --------------------------------------------------------------------------------------
 # dK, dV (key-stationary)
 # --------------------------------------------------------------------------------------
-
-
-
-allocate_scratch_before_launch(_adasplash_bwd_dq, "TMA")
 
 
 @triton.jit
@@ -606,13 +605,12 @@ def _adasplash_bwd_dkdv(
                 dv, keys_ok, d_ok, EVEN_D)
 
 
+allocate_scratch_before_launch(_adasplash_bwd_dkdv, "TMA")
+
+
 # --------------------------------------------------------------------------------------
 # Launcher
 # --------------------------------------------------------------------------------------
-
-
-
-allocate_scratch_before_launch(_adasplash_bwd_dkdv, "TMA")
 
 
 def _identity(kernel):

@@ -934,7 +934,7 @@ def _adasplash_fwd_tau_out(
         lo, hi, tau_i, active, reopened = reopen_above(lo, hi, tau_i, active, top, full_hi)
         if (tl.sum(active.to(tl.int32), 0) > 0) & (reopened == 0):
             # The estimate: for alpha = 1.5 the closed form, at or above tau' and within
-            # about 2^-12 of it after two sweeps (kernels/fold_output.py).
+            # about 2^-12 of it after two sweeps, or one low one (kernels/fold_output.py).
             tau_abs, tau_rel = output_thresholds(m_shift, tau_i, sees_keys)
             acc, acc_gap, l_i, gap_sum, count = output_pass(
                 q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, stride_tn, list_ptr, stride_ln,
@@ -969,11 +969,10 @@ def _adasplash_fwd_tau_out(
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_d[None, :] < HEAD_DIM))
 
 
-# --------------------------------------------------------------------------- launcher
-
-
-
 allocate_scratch_before_launch(_adasplash_fwd_tau_out, "KV_TMA")
+
+
+# --------------------------------------------------------------------------- launcher
 
 
 def float32_bits(value):

@@ -10,12 +10,12 @@ pass finish TAU (kernels/fold_output.py).
 
 A block whose rows see at least MIN_KEYS keys, and where at least LIFTED_EIGHTHS eighths
 of the active rows had their floor lifted by more than LIFT of the bracket (measured from
-the local floor), is taken to be such a block. Its
-first sweep takes counts (``tau_update``'s closed form and quadratic bounds) over the
-bottom LOW_BRACKET of each row's bracket; rows whose TAU lies above that find F >= 1 at
-its top edge, end there (lo = its top), and are reopened to [top, hi]. When none is
-reopened the output pass folds the rest right after this one sweep, a whole threshold
-sweep fewer; else the sweeps go on as usual and the fold comes after the second.
+the local floor), is taken to be such a block. Its first sweep takes counts
+(``tau_update``'s closed form and quadratic bounds) over the bottom LOW_BRACKET of each
+row's bracket; rows whose TAU lies above that find F >= 1 at its top edge, end there
+(lo = its top), and are reopened to [top, hi]. When none is reopened the output pass
+folds the rest right after this one sweep, a whole threshold sweep fewer; else the
+block sweeps on until every row has converged and runs the plain output pass.
 
 Same simulation: the lift picks every dense block and none of the mid and high ones at
 N = 4096 to 32768 (their lifted shares are at most 9% and 0%). Over 96 dense blocks at
@@ -23,6 +23,11 @@ N = 2048 to 16384, the fold after one sweep held in 51 of 53 blocks whose rows s
 keys or more (one reopened, one fold attempt missed), but in 12 of 35 that see 512 to 2047
 (the others reopened: a sweep lost, not saved), hence MIN_KEYS. A bottom of 12% reopened
 more blocks, 20% or more left the fold out of reach more often.
+
+H100 (bf16, B=1, H=16, D=128, causal; same process against the build before): the dense
+forward 10.9% faster at N = 8192 (2.446 -> 2.180 ms) and 13.9% at 32768 (32.08 -> 27.61),
+outputs within one bf16 step and tau within bf16's tau_tol of the sweeps'; mid and high
+take none of it and stay bitwise the same.
 """
 
 import triton
