@@ -8,6 +8,9 @@ process with FA2 (SDPA flash) on the same inputs:
   tiles: causal-visible 64x64 tiles, the tiles the backward lists (from tile_max and
   tau), and the tiles of P that are really all zero (recomputed in row chunks, never
   an N x N tensor).
+``--kernel-times`` adds, per case, each GPU kernel's own time in one fwd+bwd of ours (op +
+autograd) and of FA2, from torch.profiler (device time per call, averaged over
+``--profile-calls`` calls after warm-up).
 ``--sweep`` also times the forward under every candidate config (kernels.forward
 ``forward_configs``), ``--sweep-backward`` the backward under BACKWARD_CANDIDATES, at
 N = ``--sweep-n`` on ``--sweep-workloads``.
@@ -85,6 +88,23 @@ def bench(fn, args):
     return do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode="median")
 
 
+def kernel_times(fn, calls):
+    """[(kernel name, device ms per call, launches per call)] of fn, slowest first: the
+    GPU time each kernel itself took, from torch.profiler, averaged over ``calls`` calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    rows = [(event.key, event.self_device_time_total / calls / 1000.0, event.count // calls)
+            for event in prof.key_averages() if event.self_device_time_total > 0]
+    return sorted(rows, key=lambda row: -row[1])
+
+
 def profile_case(workload, n, args):
     q, k, v = wl.make_inputs(workload, n)
     grad = torch.randn_like(q)
@@ -110,6 +130,9 @@ def profile_case(workload, n, args):
         lambda: bwd_kernels.attention_backward(grad, q, k, v, tau, tile_max, ALPHA, True, scale, None), args)
     row["ours_bwd_lists"] = bench(
         lambda: bwd_kernels.active_tile_lists(tau, tile_max, q.shape[1], n, True, None), args)
+    if args.kernel_times:
+        row["kernels"] = {"ours": kernel_times(ours_step, args.profile_calls),
+                          "fa2": kernel_times(fa2_step, args.profile_calls)}
     row["tiles_listed"] = listed_tile_count(tau, tile_max, n)
     row["tiles_zero"], row["tiles_visible"] = zero_tile_count(q, k, tau, scale)
     del q, k, v, grad, tau, tile_max
@@ -181,6 +204,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[8192, 32768])
     parser.add_argument("--workloads", nargs="+", choices=wl.WORKLOADS, default=list(wl.WORKLOADS))
+    parser.add_argument("--kernel-times", action="store_true")
+    parser.add_argument("--profile-calls", type=int, default=5)
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--sweep-backward", action="store_true")
     parser.add_argument("--sweep-n", type=int, default=8192)
@@ -217,6 +242,16 @@ def main(argv=None):
               f"| {r['ours_fwdbwd'] / r['fa2_fwdbwd']:.2f} "
               f"| {r['tiles_listed'] / r['tiles_visible']:.1%} / {r['tiles_zero'] / r['tiles_visible']:.1%} "
               f"/ {r['tiles_visible']} |")
+    if args.kernel_times:
+        print("\n| workload | N | impl | kernel | ms per fwd+bwd | launches |")
+        print("|---|---|---|---|---|---|")
+        for r in result["cases"]:
+            for impl, rows in r["kernels"].items():
+                total = sum(ms for _, ms, _ in rows)
+                print(f"| {r['workload']} | {r['n']} | {impl} | (all kernels) | {total:.3f} | "
+                      f"{sum(c for _, _, c in rows)} |")
+                for name, ms, launches in rows:
+                    print(f"| {r['workload']} | {r['n']} | {impl} | `{name[:60]}` | {ms:.3f} | {launches} |")
     if result["sweep"]:
         print("\n| workload | config | fwd ms |")
         print("|---|---|---|")

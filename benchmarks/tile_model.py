@@ -1,0 +1,137 @@
+"""Which 64 x 64 tiles each forward pass computes: a CPU model for planning kernel work.
+
+The forward's passes (kernels/forward.py) each run one Q.K^T product per tile they list,
+so the share of causal tiles a pass lists is most of its cost. This model redraws a
+benchmark workload (workloads.py, one head, float64 scores of the bf16 inputs, causal,
+alpha = 1.5), takes ``--blocks`` row blocks of 64 queries at random from the last 7/8
+of the sequence, and counts per block:
+
+  visible     causal-visible key tiles
+  centres=P   tiles the max sweep computes exactly with P centres per key tile: some row's
+              Cauchy-Schwarz bound q.c + |q| r over one of the tile's P sub-tiles of 64/P
+              keys exceeds the row's floor (kernels/key_summary.py; the kernels keep P = 1)
+  above       tiles holding an entry above its row's floor: what an exact bound would list
+  groups=G    the output pass's list with G row groups per block (kernels/forward.py
+              BOUND_GROUPS; the kernels keep G = 4): tiles where, for some group, the largest
+              row max among the group's rows above their floor exceeds the group's
+              smallest tau. The threshold sweeps list by the same rule at their bracket's
+              lower end, so they list at least this many
+  nonzero     tiles holding a nonzero of P: what the backward visits
+
+The floor here is each row's exact threshold over its block's two local tiles (the
+diagonal one and the one before), or max z - 1 if higher; the kernel's is a lower
+bracket end on it, so it lists a few tiles more than modelled. Shares are summed over
+the sampled blocks, so long rows weigh more, as they do in the kernels' time.
+
+A share is not a time. Here (32 blocks, mid, N = 32768) 8 and 16 row groups list 3% and
+5% fewer tiles than 4 for the output pass; on the H100 they made the max sweep 4-13%
+slower and the forward 0.4% slower and 1.5% faster there, and up to 7.5% slower on the
+other cases (benchmarks/results/h100-2026-11-27-head.md).
+
+    python benchmarks/tile_model.py --workloads mid high --n 8192 32768 --blocks 8
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import workloads as wl  # noqa: E402
+
+from adasplash_compile.options import TILE_M, TILE_N  # noqa: E402
+from adasplash_compile.reference import solve_tau  # noqa: E402
+
+ALPHA = 1.5
+CENTRE_COUNTS = (1, 2, 4)
+GROUP_COUNTS = (4, 8, 16, 64)
+
+
+def key_summaries(key: torch.Tensor, parts: int):
+    """Per key tile and sub-tile of TILE_N // parts keys: the centre, rounded to bf16 as the
+    kernels store it, and the radius around the rounded centre. key: (N, D), N % TILE_N == 0."""
+    tiles = key.view(-1, parts, TILE_N // parts, key.shape[-1])
+    centre = tiles.mean(2).to(torch.bfloat16).to(key.dtype)
+    radius = (tiles - centre[:, :, None, :]).norm(dim=-1).amax(2)
+    return centre, radius
+
+
+def local_floor(z: torch.Tensor, block: int) -> torch.Tensor:
+    """Each row's floor: the exact threshold over the block's diagonal tile and the one
+    before it, or its max over them - 1 if higher. z: (TILE_M, keys), -inf where masked."""
+    first = max(0, block - 1) * TILE_N
+    local = z[:, first:]
+    return torch.maximum(solve_tau(local, ALPHA)[:, 0], local.amax(1) - 1.0)
+
+
+def block_counts(query, key, summaries, block, scale):
+    """Tile counts of one row block (module docstring), as a dict."""
+    rows = slice(block * TILE_M, (block + 1) * TILE_M)
+    n_tiles = block + 1
+    q = query[rows]
+    z = (ALPHA - 1.0) * scale * (q @ key[: n_tiles * TILE_N].T)
+    row_ids = torch.arange(TILE_M)[:, None] + block * TILE_M
+    z = torch.where(torch.arange(n_tiles * TILE_N)[None, :] <= row_ids, z, float("-inf"))
+    tile_row_max = z.view(TILE_M, n_tiles, TILE_N).amax(2)
+    floor = local_floor(z, block)
+    tau = solve_tau(z, ALPHA)[:, 0]
+
+    counts = {"visible": n_tiles}
+    q_norm = q.norm(dim=1)
+    for parts, (centre, radius) in summaries.items():
+        bound = (ALPHA - 1.0) * scale * (torch.einsum("id,jpd->ijp", q, centre[:n_tiles])
+                                          + q_norm[:, None, None] * radius[None, :n_tiles])
+        counts[f"centres={parts}"] = int((bound.amax(2) > floor[:, None]).any(0).sum())
+    above = tile_row_max > floor[:, None]
+    counts["above"] = int(above.any(0).sum())
+    for groups in GROUP_COUNTS:
+        grouped = torch.where(above, tile_row_max, float("-inf")).view(groups, TILE_M // groups, n_tiles).amax(1)
+        smallest_tau = tau.view(groups, TILE_M // groups).amin(1)
+        counts[f"groups={groups}"] = int((grouped > smallest_tau[:, None]).any(0).sum())
+    counts["nonzero"] = int((tile_row_max > tau[:, None]).any(0).sum())
+    return counts
+
+
+def tile_shares(workload: str, n: int, blocks: int, seed: int = 0) -> dict:
+    """Summed counts over ``blocks`` row blocks, each divided by the visible tiles."""
+    if n % TILE_M or n // TILE_M < 8:
+        raise ValueError(f"n: expected a multiple of {TILE_M} of at least {8 * TILE_M}, got {n}")
+    query, key, _ = wl.make_inputs(workload, n, q_heads=1, device="cpu")
+    query = query[0, 0].to(torch.float64)
+    key = key[0, 0].to(torch.float64)
+    scale = 1.0 / math.sqrt(query.shape[-1])
+    summaries = {parts: key_summaries(key, parts) for parts in CENTRE_COUNTS}
+    n_blocks = n // TILE_M
+    generator = torch.Generator().manual_seed(seed)
+    candidates = torch.arange(n_blocks // 8, n_blocks)
+    picked = candidates[torch.randperm(len(candidates), generator=generator)[:blocks]]
+    total = {}
+    for block in picked.tolist():
+        for name, count in block_counts(query, key, summaries, block, scale).items():
+            total[name] = total.get(name, 0) + count
+    return {name: count / total["visible"] for name, count in total.items() if name != "visible"}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", nargs="+", choices=wl.WORKLOADS, default=["mid", "high"])
+    parser.add_argument("--n", type=int, nargs="+", default=[8192, 32768])
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    header = None
+    for workload in args.workloads:
+        for n in args.n:
+            shares = tile_shares(workload, n, args.blocks, args.seed)
+            if header is None:
+                header = list(shares)
+                print("| workload | N | " + " | ".join(header) + " |")
+                print("|---" * (len(header) + 2) + "|")
+            print(f"| {workload} | {n} | " + " | ".join(f"{shares[name]:.1%}" for name in header) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
