@@ -4,7 +4,7 @@ The forward's passes (kernels/forward.py) each run one Q.K^T product per tile th
 so the share of causal tiles a pass lists is most of its cost. This model redraws a
 benchmark workload (workloads.py, one head, float64 scores of the bf16 inputs, causal,
 alpha = 1.5), takes ``--blocks`` row blocks of 64 queries at random from the last 7/8
-of the sequence, and counts per block:
+of the sequence (all of them where there are fewer), and counts per block:
 
   visible     causal-visible key tiles
   centres=P   tiles the max sweep computes exactly with P centres per key tile: some row's
@@ -94,21 +94,26 @@ def block_counts(query, key, summaries, block, scale):
     return counts
 
 
-def tile_shares(workload: str, n: int, blocks: int, seed: int = 0) -> dict:
-    """Summed counts over ``blocks`` row blocks, each divided by the visible tiles."""
+def sample_blocks(n: int, blocks: int, seed: int) -> list:
+    """Up to ``blocks`` distinct row blocks, drawn from the last 7/8 of n queries."""
     if n % TILE_M or n // TILE_M < 8:
         raise ValueError(f"n: expected a multiple of {TILE_M} of at least {8 * TILE_M}, got {n}")
+    n_blocks = n // TILE_M
+    generator = torch.Generator().manual_seed(seed)
+    candidates = torch.arange(n_blocks // 8, n_blocks)
+    return candidates[torch.randperm(len(candidates), generator=generator)[:blocks]].tolist()
+
+
+def tile_shares(workload: str, n: int, blocks: int, seed: int = 0) -> dict:
+    """Summed counts over ``blocks`` row blocks, each divided by the visible tiles."""
+    picked = sample_blocks(n, blocks, seed)
     query, key, _ = wl.make_inputs(workload, n, q_heads=1, device="cpu")
     query = query[0, 0].to(torch.float64)
     key = key[0, 0].to(torch.float64)
     scale = 1.0 / math.sqrt(query.shape[-1])
     summaries = {parts: key_summaries(key, parts) for parts in CENTRE_COUNTS}
-    n_blocks = n // TILE_M
-    generator = torch.Generator().manual_seed(seed)
-    candidates = torch.arange(n_blocks // 8, n_blocks)
-    picked = candidates[torch.randperm(len(candidates), generator=generator)[:blocks]]
     total = {}
-    for block in picked.tolist():
+    for block in picked:
         for name, count in block_counts(query, key, summaries, block, scale).items():
             total[name] = total.get(name, 0) + count
     return {name: count / total["visible"] for name, count in total.items() if name != "visible"}

@@ -1,0 +1,61 @@
+"""benchmarks/sweep_model.py: its bracket update keeps tau inside, against the reference's tau."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import sweep_model  # noqa: E402
+
+from adasplash_compile.reference import solve_tau  # noqa: E402
+
+
+def _rows(spread, n_keys=700, rows=48, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    z = spread * torch.randn(rows, n_keys, generator=generator, dtype=torch.float64)
+    return z - z.amax(1, keepdim=True)
+
+
+@pytest.mark.parametrize("spread", [0.05, 0.5, 3.0])
+@pytest.mark.parametrize("plan", ["u4,c4", "c2", "u8,c8,c4"])
+def test_every_sweep_keeps_tau_inside_the_bracket(spread, plan):
+    y = _rows(spread)
+    tau = solve_tau(y, 1.5)[:, 0]
+    lo = torch.full_like(tau, -1.0)
+    hi = torch.full_like(tau, -y.shape[1] ** -0.5)
+    width = hi - lo
+    _, sweeps = sweep_model.parse_plan(plan)
+    for edges, counts in sweeps:
+        points = lo[:, None] + (hi - lo)[:, None] * torch.arange(edges, dtype=y.dtype) / (edges - 1)
+        lo, hi, estimate, _ = sweep_model.update_bracket(lo, hi, *sweep_model.edge_statistics(y, points), counts)
+        assert bool((lo <= tau + 1e-12).all()) and bool((tau <= hi + 1e-12).all())
+        assert bool((lo <= estimate).all()) and bool((estimate <= hi).all())
+    assert bool((hi - lo < width).all())
+
+
+def test_counted_sweep_is_exact_where_no_entry_lies_inside_the_sub_bracket():
+    # Five entries at 0 and the rest far below: tau = -1/sqrt(5). With edges at -1, -0.55
+    # and -0.1, tau lies in [-0.55, -0.1] and no entry does, so the closed form is exact.
+    y = torch.full((1, 64), -5.0, dtype=torch.float64)
+    y[0, :5] = 0.0
+    points = torch.tensor([[-1.0, -0.55, -0.1]], dtype=torch.float64)
+    lo, hi, estimate, done = sweep_model.update_bracket(
+        torch.tensor([-1.0], dtype=torch.float64), torch.tensor([-0.1], dtype=torch.float64),
+        *sweep_model.edge_statistics(y, points), True)
+    assert bool(done[0])
+    assert float(estimate[0]) == pytest.approx(-5 ** -0.5, abs=1e-14)
+
+
+def test_the_forward_plan_folds_mid_blocks_where_one_sweep_of_four_edges_does_not():
+    outcomes = sweep_model.plan_outcomes("mid", 2048, ["u4,c4", "c4"], blocks=4)
+    folds, blocks, misses, reopened = outcomes["u4,c4"]
+    assert (folds, blocks, misses, reopened) == (4, 4, 0, 0)
+    assert outcomes["c4"][0] < 4 and outcomes["c4"][2] > 0
+
+
+@pytest.mark.parametrize("plan", ["", "low=0.2", "x4", "c1", "c4,,u4"])
+def test_rejects_a_plan_it_cannot_run(plan):
+    with pytest.raises(ValueError, match="plan: expected"):
+        sweep_model.parse_plan(plan)
