@@ -130,7 +130,8 @@ the fold (sweeps at 168 registers, three programs per SM; outputs bitwise equal)
 SM the sweeps are bound by the instructions they issue, not by latency. Per tile and
 thread (SASS, unmasked path) a sweep issues 558 instructions, 804 with counts, of which
 248 FFMA and 96 FADD are the per-entry statistics and 243 the counts; reading the next
-tile index a step early, as the backward does, left the forward 0-1.5% slower. Skipping
+tile index a step early, as the backward does, left the forward 0-1.5% slower, and with the
+max sweep's loop too it moved by -1.5% to +0.4%, within a run's spread. Skipping
 the PV products of output-pass tiles that turn out to hold no nonzero (a branch on their
 tile_max) made it 4-8% slower: Triton no longer pipelines the V load whose dot sits in
 the branch. Where the forward's time goes (mid, N = 32768, H100, each phase timed by
@@ -206,7 +207,10 @@ _TILE_SCAN = 128
 _CENTRE_CHUNK = 32
 
 # Row groups per row block with a bound of their own per tile: 16 rows each, the rows one
-# warp holds in the MMA layout at four warps (store_tile_bounds).
+# warp holds in the MMA layout at four warps (store_tile_bounds). 8 or 16 groups let the
+# later passes list 3-5% fewer tiles on mid at N = 32768 (benchmarks/tile_model.py) but
+# made the max sweep 4-13% slower and the forward up to 7.5% slower (H100, same process,
+# outputs bitwise equal; benchmarks/results/h100-2026-11-27-head.md).
 BOUND_GROUPS: tl.constexpr = tl.constexpr(4)
 # Leading slots of a program's tile list: the two threshold vectors (list_active_tiles).
 LIST_HEAD: tl.constexpr = tl.constexpr(2 * BOUND_GROUPS)
