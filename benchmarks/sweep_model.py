@@ -25,7 +25,6 @@ counted sweep): about 3 instructions without counts, 5.5 with, so ``u4,c4`` issu
 """
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -133,15 +132,13 @@ def parse_plan(text: str):
 def block_rows(query, key, block, scale):
     """(shifted scores y, shifted tau, shifted floor, hi) of one row block's rows."""
     n_tiles = block + 1
-    z = (tile_model.ALPHA - 1.0) * scale * (query[block * TILE_M:(block + 1) * TILE_M] @ key[: n_tiles * TILE_N].T)
-    row_ids = torch.arange(TILE_M)[:, None] + block * TILE_M
-    z = torch.where(torch.arange(n_tiles * TILE_N)[None, :] <= row_ids, z, float("-inf"))
+    z = tile_model.block_scores(query, key, block, scale)
     m = z.amax(1)
     y = z - m[:, None]
     tau = solve_tau(y, tile_model.ALPHA)[:, 0]
     tile_row_max = y.view(TILE_M, n_tiles, TILE_N).amax(2)
     floor = histogram_floor(tile_row_max, tile_model.local_floor(y, block), torch.zeros_like(m))
-    n_keys = (row_ids[:, 0] + 1).to(y.dtype)
+    n_keys = (torch.arange(TILE_M) + block * TILE_M + 1).to(y.dtype)
     return y, tau, floor.clamp_min(-1.0), -n_keys.rsqrt()
 
 
@@ -172,9 +169,7 @@ def run_plan(y, tau, lo, hi, low, sweeps):
 def plan_outcomes(workload: str, n: int, plans, blocks: int, seed: int = 0) -> dict:
     """{plan text: (blocks folding, blocks, rows missing the bound, rows reopened)}."""
     parsed = {plan: parse_plan(plan) for plan in plans}
-    query, key, _ = wl.make_inputs(workload, n, q_heads=1, device="cpu")
-    query, key = query[0, 0].to(torch.float64), key[0, 0].to(torch.float64)
-    scale = 1.0 / math.sqrt(query.shape[-1])
+    query, key, scale = tile_model.head_inputs(workload, n)
     outcomes = {plan: [0, 0, 0, 0] for plan in plans}
     for block in tile_model.sample_blocks(n, blocks, seed):
         y, tau, floor, hi = block_rows(query, key, block, scale)

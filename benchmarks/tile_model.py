@@ -66,14 +66,27 @@ def local_floor(z: torch.Tensor, block: int) -> torch.Tensor:
     return torch.maximum(solve_tau(local, ALPHA)[:, 0], local.amax(1) - 1.0)
 
 
+def head_inputs(workload: str, n: int):
+    """(query, key, scale): one head of the workload's bf16 inputs, in float64, and 1/sqrt(D)."""
+    query, key, _ = wl.make_inputs(workload, n, q_heads=1, device="cpu")
+    query = query[0, 0].to(torch.float64)
+    return query, key[0, 0].to(torch.float64), 1.0 / math.sqrt(query.shape[-1])
+
+
+def block_scores(query, key, block, scale):
+    """z = (alpha-1) scale q.k of row block ``block`` against its causal keys, -inf above the
+    diagonal: (TILE_M, (block + 1) * TILE_N)."""
+    n_keys = (block + 1) * TILE_N
+    z = (ALPHA - 1.0) * scale * (query[block * TILE_M:(block + 1) * TILE_M] @ key[:n_keys].T)
+    row_ids = torch.arange(TILE_M)[:, None] + block * TILE_M
+    return torch.where(torch.arange(n_keys)[None, :] <= row_ids, z, float("-inf"))
+
+
 def block_counts(query, key, summaries, block, scale):
     """Tile counts of one row block (module docstring), as a dict."""
-    rows = slice(block * TILE_M, (block + 1) * TILE_M)
     n_tiles = block + 1
-    q = query[rows]
-    z = (ALPHA - 1.0) * scale * (q @ key[: n_tiles * TILE_N].T)
-    row_ids = torch.arange(TILE_M)[:, None] + block * TILE_M
-    z = torch.where(torch.arange(n_tiles * TILE_N)[None, :] <= row_ids, z, float("-inf"))
+    q = query[block * TILE_M:(block + 1) * TILE_M]
+    z = block_scores(query, key, block, scale)
     tile_row_max = z.view(TILE_M, n_tiles, TILE_N).amax(2)
     floor = local_floor(z, block)
     tau = solve_tau(z, ALPHA)[:, 0]
@@ -107,10 +120,7 @@ def sample_blocks(n: int, blocks: int, seed: int) -> list:
 def tile_shares(workload: str, n: int, blocks: int, seed: int = 0) -> dict:
     """Summed counts over ``blocks`` row blocks, each divided by the visible tiles."""
     picked = sample_blocks(n, blocks, seed)
-    query, key, _ = wl.make_inputs(workload, n, q_heads=1, device="cpu")
-    query = query[0, 0].to(torch.float64)
-    key = key[0, 0].to(torch.float64)
-    scale = 1.0 / math.sqrt(query.shape[-1])
+    query, key, scale = head_inputs(workload, n)
     summaries = {parts: key_summaries(key, parts) for parts in CENTRE_COUNTS}
     total = {}
     for block in picked:
