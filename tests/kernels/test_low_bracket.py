@@ -18,7 +18,7 @@ from adasplash_compile.kernels.forward import attention_forward
 from adasplash_compile.kernels.low_bracket import LOW_BRACKET, MIN_KEYS, low_top, reopen_above, starts_low
 from adasplash_compile.kernels.tau import tau_tolerance
 from tests.conftest import BOTH_BACKENDS, DEVICE
-from tests.kernels.test_forward import check_forward
+from tests.kernels.test_forward import check_forward, make_qkv
 
 ROWS = 16
 
@@ -116,15 +116,9 @@ def test_rows_that_end_at_the_low_top_are_reopened_to_the_full_bracket(backend):
     torch.testing.assert_close(hi2[~again], swept_lo[~again] + 1e-3)
 
 
-def _dense_qkv(n, head_dim):
-    gen = torch.Generator().manual_seed(5)
-    q, k, v = (torch.randn(1, 2, n, head_dim, generator=gen) for _ in range(3))
-    return q.half(), k.half(), v.half()
-
-
 @pytest.mark.interpret
 def test_dense_blocks_start_low_and_reopen_rows_above_the_low_bracket(monkeypatch):
-    q, k, v = _dense_qkv(1024, 64)
+    q, k, v = make_qkv(1, 2, 2, 1024, 1024, 64, torch.float16, device="cpu")
     scale = 64**-0.5
     decisions, reopened_rows = [], []
     rule, reopen = forward_module.starts_low, forward_module.reopen_above
