@@ -59,10 +59,10 @@ def adasplash(
     # The op and the eager path run the same implementation; the latter skips the
     # dispatcher's Python layers where nothing observes the op (adasplash_compile/eager.py).
     if eager.plain_call_allowed(query, key, value, seqlens):
-        out, _, _ = eager.attention(query, key, value, alpha, is_causal, scale, seqlens)
+        outputs = eager.attention(query, key, value, alpha, is_causal, scale, seqlens)
     else:
-        out, _, _ = torch.ops.adasplash.attention_fwd(query, key, value, alpha, is_causal, scale, seqlens)
-    return out
+        outputs = torch.ops.adasplash.attention_fwd(query, key, value, alpha, is_causal, scale, seqlens)
+    return outputs[0]
 
 
 def entmax(x: Tensor, alpha: float = 1.5, dim: int = -1) -> Tensor:

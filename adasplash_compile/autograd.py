@@ -11,24 +11,24 @@ from adasplash_compile.reference import entmax_gradient
 
 def attention_setup_context(ctx, inputs, output):
     query, key, value, alpha, is_causal, scale, seqlens = inputs
-    _, tau, tile_max = output
-    ctx.save_for_backward(query, key, value, tau, tile_max, seqlens)
+    _, tau, tile_max, u_value_mean = output
+    ctx.save_for_backward(query, key, value, tau, tile_max, u_value_mean, seqlens)
     ctx.alpha, ctx.is_causal, ctx.scale = alpha, is_causal, scale
-    ctx.mark_non_differentiable(tau, tile_max)
+    ctx.mark_non_differentiable(tau, tile_max, u_value_mean)
 
 
 def attention_gradients(ctx, saved, grad_out, attention_bwd):
     """The gradients of attention_fwd's inputs, from ``attention_bwd`` (the op or its
     implementation) applied to ``saved``: ctx.saved_tensors, from ``attention_setup_context``
     (unpacked by the caller, as each unpacking checks every saved tensor's version)."""
-    query, key, value, tau, tile_max, seqlens = saved
+    query, key, value, tau, tile_max, u_value_mean, seqlens = saved
     grad_query, grad_key, grad_value = attention_bwd(
-        grad_out, query, key, value, tau, tile_max, ctx.alpha, ctx.is_causal, ctx.scale, seqlens
+        grad_out, query, key, value, tau, tile_max, u_value_mean, ctx.alpha, ctx.is_causal, ctx.scale, seqlens
     )
     return grad_query, grad_key, grad_value, None, None, None, None
 
 
-def _attention_backward(ctx, grad_out, grad_tau, grad_tile_max):
+def _attention_backward(ctx, grad_out, grad_tau, grad_tile_max, grad_u_value_mean):
     return attention_gradients(ctx, ctx.saved_tensors, grad_out, torch.ops.adasplash.attention_bwd)
 
 

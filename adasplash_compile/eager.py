@@ -76,7 +76,7 @@ class PlainAttention(torch.autograd.Function):
         return output
 
     @staticmethod
-    def backward(ctx, grad_out, grad_tau, grad_tile_max):
+    def backward(ctx, grad_out, grad_tau, grad_tile_max, grad_u_value_mean):
         saved = ctx.saved_tensors
         direct = not torch.is_grad_enabled() and plain_call_allowed(grad_out, *saved)
         return attention_gradients(ctx, saved, grad_out, run_attention_backward if direct
@@ -84,7 +84,7 @@ class PlainAttention(torch.autograd.Function):
 
 
 def attention(query: Tensor, key: Tensor, value: Tensor, alpha: float, is_causal: bool, scale: float,
-              seqlens: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+              seqlens: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """attention_fwd for inputs where ``plain_call_allowed`` holds: through PlainAttention
     where autograd records a graph, else the implementation alone."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):

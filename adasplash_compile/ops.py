@@ -1,13 +1,16 @@
 """torch.library registration of the adasplash ops and their device implementations.
 
 Ops (namespace ``adasplash``):
-- ``attention_fwd(query, key, value, alpha, is_causal, scale, seqlens) -> (out, tau, tile_max)``
-- ``attention_bwd(grad_out, query, key, value, tau, tile_max, alpha, is_causal, scale, seqlens)
-  -> (grad_query, grad_key, grad_value)``
+- ``attention_fwd(query, key, value, alpha, is_causal, scale, seqlens)
+  -> (out, tau, tile_max, u_value_mean)``
+- ``attention_bwd(grad_out, query, key, value, tau, tile_max, u_value_mean, alpha, is_causal, scale,
+  seqlens) -> (grad_query, grad_key, grad_value)``
 - ``entmax_fwd(x, alpha, dim) -> y``
 
 ``tau`` is float32 (B, Hq, Nq) in units of z = (alpha-1)*scale*q.k (+inf for rows that
-see no key); ``tile_max`` is described in ``adasplash_compile.options``. CUDA tensors
+see no key); ``tile_max`` and ``u_value_mean`` are described in ``adasplash_compile.options``
+(the CPU reference recomputes the backward's DELTA instead of reading u_value_mean, as it
+recomputes P instead of reading tile_max). CUDA tensors
 run the Triton kernels; CPU tensors run the pure-PyTorch reference, or the Triton
 kernels under the interpreter when ``ADASPLASH_COMPILE_BACKEND=triton``. float64
 always runs the reference (it is the gold dtype; the kernels do not take it).
@@ -24,6 +27,7 @@ from adasplash_compile.options import cpu_uses_triton
 from adasplash_compile.validation import (
     check_attention_inputs,
     check_entmax_inputs,
+    check_forward_state,
     check_no_negative_seqlens,
 )
 
@@ -42,7 +46,7 @@ def run_attention_forward(
     is_causal: bool,
     scale: float,
     seqlens: Optional[Tensor],
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """attention_fwd's implementation, also called by the eager path (eager.py)."""
     check_attention_inputs(query, key, value, alpha, is_causal, seqlens)
     check_no_negative_seqlens(seqlens)
@@ -60,6 +64,7 @@ def run_attention_backward(
     value: Tensor,
     tau: Tensor,
     tile_max: Tensor,
+    u_value_mean: Tensor,
     alpha: float,
     is_causal: bool,
     scale: float,
@@ -67,11 +72,12 @@ def run_attention_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """attention_bwd's implementation, also called by the eager path (eager.py)."""
     check_attention_inputs(query, key, value, alpha, is_causal, seqlens)
+    check_forward_state(query, key, grad_out, tau, tile_max, u_value_mean)
     if uses_triton(query):
         from adasplash_compile.kernels.backward import attention_backward
 
         return attention_backward(
-            grad_out, query, key, value, tau, tile_max, alpha, is_causal, scale, seqlens
+            grad_out, query, key, value, tau, tile_max, u_value_mean, alpha, is_causal, scale, seqlens
         )
     return reference.attention_backward(
         grad_out, query, key, value, tau, alpha, is_causal, scale, seqlens

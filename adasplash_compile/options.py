@@ -8,6 +8,17 @@ with none. So a tile holds a nonzero of P iff its tile_max exceeds the smallest
 threshold of its rows, and the backward visits exactly those tiles. The value is
 part of the op contract, so the CPU reference computes it too.
 
+``u_value_mean[b, h, i]`` (float32, (B, Hq, Nq, D)), for alpha = 1.5: row i's values
+averaged with the weights u_ij = p_ij^(2-alpha) = p_ij^(1/2), the diagonal of the entmax
+Jacobian, over its support: sum_j u_ij v_j / sum_j u_ij, zeros for a row without support.
+The backward's DELTA_i = sum_j u_ij dP_ij / sum_j u_ij is then dO_i . u_value_mean_i, with
+no product over the keys. The 16-bit forward that folds its last threshold sweep
+(kernels/fold_output.py) takes the weights at its estimate t >= tau instead of at tau.
+Zeros for other alphas, whose backward learns DELTA over its own support: there u jumps
+(alpha = 2) or rises steeply at the support's edge, so entries that the forward and the
+backward round to different sides of tau would move a shared DELTA by a whole share
+(kernels/backward.py).
+
 tile_max has one more row and column of tiles than the data needs, always -inf:
 ``(B, Hq, cdiv(Nq, TILE_M) + 1, cdiv(Nk, TILE_N) + 1)``. A dimension that can be
 1 makes PyTorch's contiguity checks guard on it, which pins a dynamic sequence

@@ -14,7 +14,7 @@ O(chunk * N) per head, never O(M * N).
 Conventions shared with the Triton kernels (they are part of the op contract):
 - a row that sees no key has tau = +inf and outputs zeros;
 - p is renormalised to sum to one, as ``entmax.entmax_bisect`` does;
-- ``tile_max`` is described in ``adasplash_compile.options``.
+- ``tile_max`` and ``u_value_mean`` are described in ``adasplash_compile.options``.
 """
 
 import torch
@@ -81,10 +81,15 @@ def entmax_probabilities(z: torch.Tensor, tau: torch.Tensor, alpha: float) -> to
     return torch.where(total > 0, p / total.clamp_min(torch.finfo(p.dtype).tiny), 0)
 
 
+def jacobian_weights(p, alpha):
+    """(u, sum of u over the last dim): u = p^(2-alpha) on the support (p > 0), 0 off it."""
+    u = torch.where(p > 0, p.pow(2.0 - alpha), 0)
+    return u, u.sum(-1, keepdim=True)
+
+
 def entmax_gradient(grad_p, p, alpha):
     """dX = u * (dP - delta), u = p^(2-alpha), delta = sum(u dP) / sum(u)."""
-    u = torch.where(p > 0, p.pow(2.0 - alpha), 0)
-    total = u.sum(-1, keepdim=True)
+    u, total = jacobian_weights(p, alpha)
     delta = torch.where(total > 0, (u * grad_p).sum(-1, keepdim=True) / total.clamp_min(torch.finfo(u.dtype).tiny), 0)
     return u * (grad_p - delta)
 
@@ -137,7 +142,7 @@ def _tile_maxima(z: torch.Tensor) -> torch.Tensor:
 
 
 def attention_forward(query, key, value, alpha, is_causal, scale, seqlens):
-    """Returns (out, tau, tile_max); see the module docstring for their meaning."""
+    """Returns (out, tau, tile_max, u_value_mean); see the module docstring for their meaning."""
     batch, q_heads, n_queries, _ = query.shape
     n_keys = key.shape[2]
     compute = _compute_dtype(query.dtype)
@@ -148,6 +153,7 @@ def attention_forward(query, key, value, alpha, is_causal, scale, seqlens):
     tile_max = query.new_full(
         (batch, q_heads, *tile_grid(n_queries, n_keys)), float("-inf"), dtype=torch.float32
     )
+    u_value_mean = query.new_empty((batch, q_heads, n_queries, query.shape[3]), dtype=torch.float32)
     chunk = _row_chunk(batch * q_heads, n_keys, n_queries)
     for start in range(0, n_queries, chunk):
         rows = torch.arange(start, min(start + chunk, n_queries), device=query.device)
@@ -156,9 +162,19 @@ def attention_forward(query, key, value, alpha, is_causal, scale, seqlens):
         p = entmax_probabilities(z, tau_chunk, alpha).to(compute)
         out[:, :, rows] = torch.matmul(p, v).to(query.dtype)
         tau[:, :, rows] = tau_chunk.squeeze(-1).to(torch.float32)
+        if alpha == 1.5:
+            u_value_mean[:, :, rows] = _u_weighted_mean(p, v, alpha).to(torch.float32)
+        else:
+            u_value_mean[:, :, rows] = 0.0
         chunk_tiles = _tile_maxima(torch.where(z > tau_chunk, z, float("-inf"))).to(torch.float32)
         tile_max[:, :, start // TILE_M :][:, :, : chunk_tiles.shape[2], : chunk_tiles.shape[3]] = chunk_tiles
-    return out, tau, tile_max
+    return out, tau, tile_max, u_value_mean
+
+
+def _u_weighted_mean(p, v, alpha):
+    """sum_j u_j v_j / sum_j u_j per row (``jacobian_weights``), zeros where a row has no support."""
+    u, total = jacobian_weights(p, alpha)
+    return torch.matmul(u, v) / torch.where(total > 0, total, 1)
 
 
 def attention_backward(grad_out, query, key, value, tau, alpha, is_causal, scale, seqlens):

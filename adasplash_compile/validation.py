@@ -11,7 +11,7 @@ import numbers
 
 import torch
 
-from adasplash_compile.options import HEAD_DIM_MULTIPLE, MAX_HEAD_DIM, SUPPORTED_DTYPES
+from adasplash_compile.options import HEAD_DIM_MULTIPLE, MAX_HEAD_DIM, SUPPORTED_DTYPES, tile_grid
 
 _CPU_ONLY_DTYPES = (torch.float64,)
 
@@ -107,6 +107,29 @@ def check_attention_inputs(query, key, value, alpha, is_causal, seqlens) -> floa
     if seqlens is not None:
         check_seqlens(seqlens, batch, query.device)
     return alpha
+
+
+def check_forward_state(query, key, grad_out, tau, tile_max, u_value_mean) -> None:
+    """Checks the backward's other tensors against query and key (metadata only): grad_out
+    has query's shape and dtype, and tau, tile_max and u_value_mean are the float32 tensors
+    attention_fwd returned for them (adasplash_compile.options)."""
+    batch, q_heads, n_queries, head_dim = query.shape
+    expected = (
+        ("grad_out", grad_out, tuple(query.shape), query.dtype),
+        ("tau", tau, (batch, q_heads, n_queries), torch.float32),
+        ("tile_max", tile_max, (batch, q_heads, *tile_grid(n_queries, key.shape[2])), torch.float32),
+        ("u_value_mean", u_value_mean, (batch, q_heads, n_queries, head_dim), torch.float32),
+    )
+    for name, t, shape, dtype in expected:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise ValueError(
+                f"{name} must have shape {shape} and dtype {dtype} (from attention_fwd for this query "
+                f"and key), got shape {tuple(t.shape)} and dtype {t.dtype}"
+            )
+        if t.device != query.device:
+            raise ValueError(f"{name} must be on the same device as query ({query.device}), got {t.device}")
 
 
 def check_seqlens(seqlens, batch, device) -> None:

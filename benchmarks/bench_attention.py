@@ -143,11 +143,9 @@ def measure_sparsity(case: Case, q, k, v) -> dict:
     """Zero-tile fraction from one forward of our op on these inputs."""
     try:
         with torch.no_grad():
-            _, tau, tile_max = torch.ops.adasplash.attention_fwd(
-                q, k, v, case.alpha, case.is_causal, case.scale, None
-            )
-        zero, visible = tile_sparsity(tile_max, q.shape[2], k.shape[2], case.is_causal)
-        del tau, tile_max
+            outputs = torch.ops.adasplash.attention_fwd(q, k, v, case.alpha, case.is_causal, case.scale, None)
+        zero, visible = tile_sparsity(outputs[2], q.shape[2], k.shape[2], case.is_causal)
+        del outputs
         return {"zero_tiles": zero, "visible_tiles": visible, "fraction": zero / max(visible, 1)}
     except Exception as exc:  # noqa: BLE001 - any failure becomes the cell's text
         return {"error": _error_text(exc)}
@@ -1050,7 +1048,7 @@ def check_cpu() -> int:
         q, k, v = wl.make_inputs(workload, n, q_heads=hq, kv_heads=hkv, head_dim=d,
                                  dtype=torch.float32, device="cpu")
         scale = 1 / math.sqrt(d)
-        out, tau, tile_max = torch.ops.adasplash.attention_fwd(q, k, v, alpha, is_causal, scale, None)
+        out, tau, tile_max, _ = torch.ops.adasplash.attention_fwd(q, k, v, alpha, is_causal, scale, None)
         zero, visible = tile_sparsity(tile_max, n, n, is_causal)
         kd = k.double().repeat_interleave(hq // hkv, dim=1)
         z = (alpha - 1) * scale * (q.double() @ kd.transpose(-1, -2))

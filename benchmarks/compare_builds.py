@@ -84,16 +84,18 @@ def make_timer(device: str):
 
 
 def run_build(build: dict, q, k, v, grad, scale: float) -> tuple:
-    """(max sweep, forward, backward) callables of one build and its outputs."""
+    """(max sweep, forward, backward) callables of one build and its outputs. A build's
+    forward returns out and then what its backward takes after q, k and v (tau and
+    tile_max, and u_value_mean since it exists), so builds from before and after it compare."""
     fwd, bwd = build["forward"], build["backward"]
-    out, tau, tile_max = fwd.attention_forward(q, k, v, ALPHA, True, scale, None)
-    grads = bwd.attention_backward(grad, q, k, v, tau, tile_max, ALPHA, True, scale, None)
+    out, *state = fwd.attention_forward(q, k, v, ALPHA, True, scale, None)
+    grads = bwd.attention_backward(grad, q, k, v, *state, ALPHA, True, scale, None)
     calls = (
         lambda: fwd.max_sweep(q, k, ALPHA, True, scale),
         lambda: fwd.attention_forward(q, k, v, ALPHA, True, scale, None),
-        lambda: bwd.attention_backward(grad, q, k, v, tau, tile_max, ALPHA, True, scale, None),
+        lambda: bwd.attention_backward(grad, q, k, v, *state, ALPHA, True, scale, None),
     )
-    return calls, (out, tau, tile_max, *grads)
+    return calls, (out, *state[:2], *grads)
 
 
 def difference(base: tuple, other: tuple) -> str:

@@ -122,12 +122,13 @@ def profile_case(workload, n, args):
         out = adasplash_compile.adasplash(qq, kk, vv, alpha=ALPHA, is_causal=True)
         return torch.autograd.grad(out, (qq, kk, vv), grad)
 
-    _, tau, tile_max = ours_fwd()
+    _, tau, tile_max, u_mean = ours_fwd()
     row["ours_fwd"] = bench(ours_fwd, args)
     row["ours_rowmax"] = bench(lambda: fwd_kernels.max_sweep(q, k, ALPHA, True, scale), args)
     row["ours_fwdbwd"] = bench(ours_step, args)
     row["ours_bwd"] = bench(
-        lambda: bwd_kernels.attention_backward(grad, q, k, v, tau, tile_max, ALPHA, True, scale, None), args)
+        lambda: bwd_kernels.attention_backward(grad, q, k, v, tau, tile_max, u_mean, ALPHA, True, scale, None),
+        args)
     row["ours_bwd_lists"] = bench(
         lambda: bwd_kernels.active_tile_lists(tau, tile_max, q.shape[1], n, True, None), args)
     if args.kernel_times:
@@ -135,7 +136,7 @@ def profile_case(workload, n, args):
                           "fa2": kernel_times(fa2_step, args.profile_calls)}
     row["tiles_listed"] = listed_tile_count(tau, tile_max, n)
     row["tiles_zero"], row["tiles_visible"] = zero_tile_count(q, k, tau, scale)
-    del q, k, v, grad, tau, tile_max
+    del q, k, v, grad, tau, tile_max, u_mean
     torch.cuda.empty_cache()
     return row
 
@@ -187,10 +188,10 @@ def sweep_backward(workload, n, args):
     q, k, v = wl.make_inputs(workload, n)
     grad = torch.randn_like(q)
     scale = q.shape[-1] ** -0.5
-    _, tau, tile_max = fwd_kernels.attention_forward(q, k, v, ALPHA, True, scale, None)
+    _, tau, tile_max, u_mean = fwd_kernels.attention_forward(q, k, v, ALPHA, True, scale, None)
 
     def run(values):
-        return bwd_kernels.attention_backward(grad, q, k, v, tau, tile_max, ALPHA, True, scale, None,
+        return bwd_kernels.attention_backward(grad, q, k, v, tau, tile_max, u_mean, ALPHA, True, scale, None,
                                               config=bwd_kernels.BackwardConfig(*values))
 
     return _time_each("sweep-bwd", workload, n, BACKWARD_CANDIDATES, run, args)

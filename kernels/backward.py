@@ -14,7 +14,9 @@ Glossary
              forward's exact TAU makes sum_j p = 1 to rounding
   u          p^(2 - ALPHA) = gap^((2 - ALPHA) / (ALPHA - 1)) on the support, 0 off it
              (1 on the support when ALPHA = 2); u = dp/ds, the entmax Jacobian diagonal
-  dP, DELTA  dP = dO V^T; DELTA_i = sum_j u_ij dP_ij / sum_j u_ij (0 when sum_j u_ij = 0)
+  dP, DELTA  dP = dO V^T; DELTA_i = sum_j u_ij dP_ij / sum_j u_ij (0 when sum_j u_ij = 0),
+             for alpha = 1.5 dO_i . u_value_mean_i, the forward's u-weighted mean of V
+             per row (adasplash_compile.options)
   dS         u * (dP - DELTA), the gradient with respect to s (Peters et al. 2019, eq. 10);
              dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO
   TILE_M x TILE_N   granularity of ``tile_max`` (adasplash_compile.options); tile (i, j) of
@@ -34,8 +36,9 @@ Launch order (one stream, no atomics, so every run is bitwise identical):
   2. _adasplash_bwd_key_lists  per (b, kv head, key group): the active (query head,
                                row tile) pairs of the key group (for dK/dV)
   3. _adasplash_bwd_dq         per (b, h, row block): one sweep accumulates dQ and
-                               DELTA together (DELTA stored to scratch); causal row
-                               blocks launch last block first (heaviest_first)
+                               learns DELTA (alpha = 1.5: from u_value_mean first),
+                               stored to scratch; causal row blocks launch last block
+                               first (heaviest_first)
   4. _adasplash_bwd_dkdv       per (b, kv head, key block): loops over the GROUP query
                                heads and their active row tiles, reads DELTA
 
@@ -379,13 +382,15 @@ def _adasplash_bwd_dq_step(
 
 @triton.jit
 def _adasplash_bwd_dq(
-    q_ptr, k_ptr, v_ptr, do_ptr, tau_ptr, delta_ptr, dq_ptr, kv_count_ptr, kv_index_ptr, seqlens_ptr,
+    q_ptr, k_ptr, v_ptr, do_ptr, tau_ptr, u_value_mean_ptr, delta_ptr, dq_ptr, kv_count_ptr, kv_index_ptr,
+    seqlens_ptr,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
     stride_doz, stride_doh, stride_dom, stride_dod,
     stride_dqz, stride_dqh, stride_dqm, stride_dqd,
     stride_tz, stride_th, stride_tm,
+    stride_uz, stride_uh, stride_um, stride_ud,
     n_q_heads, group_size, n_queries, n_keys, head_dim, n_key_tiles, n_row_groups,
     qk_scale, u_exp, scale,
     BLOCK_M: tl.constexpr,
@@ -400,7 +405,8 @@ def _adasplash_bwd_dq(
     EVEN_D: tl.constexpr,
     TMA: tl.constexpr,
 ):
-    """Per (row block, b*Hq): dQ and DELTA of the block's rows (DELTA stored), in one sweep.
+    """Per (row block, b*Hq): dQ and DELTA of the block's rows (DELTA stored), in one sweep
+    over the active key tiles; for alpha = 1.5 DELTA comes from the forward's u_value_mean.
     With TMA the K and V tiles come through descriptors (kernels/tensor_maps.py)."""
     # Inductor passes Python floats to user kernels as fp64; keep the math in fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
@@ -445,15 +451,29 @@ def _adasplash_bwd_dq(
     count = tl.load(kv_count_ptr + list_id)
     index_base = kv_index_ptr + list_id * n_key_tiles
 
-    # One sweep: dQ = scale * sum_j u (dP - DELTA) K_j with DELTA = sum_j u dP / sum_j u,
-    # known only after the last tile. acc holds sum u (dP - delta_seen) K over the tiles
-    # seen so far, where delta_seen is DELTA over those tiles; when a tile moves it, acc
-    # is re-centred through u_key = sum u K. The tiles run from the last one backwards
-    # (under causal attention, from the diagonal), so that where attention is local
-    # delta_seen starts near DELTA and the re-centring stays small next to acc.
+    # DELTA = sum_j u dP_j / sum_j u. For alpha = 1.5 it is dO . u_value_mean, one row dot
+    # product before the sweep (kernels/forward.py ``output_pass``), where learning it
+    # during the sweep takes a fourth product per tile and a (BLOCK_M, BLOCK_D)
+    # multiply-add. Other alphas learn it: their u jumps (alpha = 2, from 0 to 1) or rises
+    # steeply at the support's edge, so an entry that the forward and this kernel round to
+    # different sides of tau would move a DELTA taken from the forward by a whole share,
+    # and dQ with it, by that share times the keys' common mean (dQ's error 5.8e-2 on the
+    # banded 16k sparsemax test, against its 4e-2 bar). Learned here, DELTA keeps
+    # sum_j dS_j = 0 over this kernel's own support, which cancels that mean.
+    # The learned sum: acc holds sum u (dP - delta_seen) K over the tiles seen so far,
+    # where delta_seen is DELTA over those tiles; when a tile moves it, acc is re-centred
+    # through u_key = sum u K. The tiles run from the last one backwards (under causal
+    # attention, from the diagonal), so that where attention is local delta_seen starts
+    # near DELTA and the re-centring stays small next to acc.
+    if ALPHA_MODE == ALPHA_ENTMAX15:
+        u_mean_offs = _tile_offsets(tl.arange(0, BLOCK_M), stride_um, offs_d, stride_ud)
+        u_mean = _load_tile(u_value_mean_ptr + batch * stride_uz + head * stride_uh
+                            + start_m.to(tl.int64) * stride_um, u_mean_offs, rows_ok, d_ok, EVEN_D)
+        delta = tl.sum(do.to(tl.float32) * u_mean, axis=1)
+    else:
+        delta = tl.zeros([BLOCK_M], dtype=tl.float32)
     u_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     u_dp_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    delta = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     u_key = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # Index idx + 1 is read at the top of step idx: read at the bottom, next to the
@@ -468,15 +488,17 @@ def _adasplash_bwd_dq(
                 stride_kn, stride_vn, n_queries, n_keys, valid_queries, valid_keys, qk_scale, u_exp,
                 IS_CAUSAL, ALPHA_MODE, DOT_PRECISION, EVEN_D, TMA,
             )
-            u_sum += tl.sum(u, axis=1)
-            u_dp_sum += tl.sum(u * dp, axis=1)
-            # A row with no support so far (or at all) keeps DELTA = 0.
-            delta_seen = tl.where(u_sum > 0.0, u_dp_sum / tl.where(u_sum > 0.0, u_sum, 1.0), 0.0)
-            acc += (delta - delta_seen)[:, None] * u_key
-            delta = delta_seen
+            if ALPHA_MODE != ALPHA_ENTMAX15:
+                u_sum += tl.sum(u, axis=1)
+                u_dp_sum += tl.sum(u * dp, axis=1)
+                # A row with no support so far (or at all) keeps DELTA = 0.
+                delta_seen = tl.where(u_sum > 0.0, u_dp_sum / tl.where(u_sum > 0.0, u_sum, 1.0), 0.0)
+                acc += (delta - delta_seen)[:, None] * u_key
+                delta = delta_seen
             ds = u * (dp - delta[:, None])
             acc = tl.dot(ds.to(k.dtype), k, acc, input_precision=DOT_PRECISION)
-            u_key = tl.dot(u.to(k.dtype), k, u_key, input_precision=DOT_PRECISION)
+            if ALPHA_MODE != ALPHA_ENTMAX15:
+                u_key = tl.dot(u.to(k.dtype), k, u_key, input_precision=DOT_PRECISION)
     tl.store(delta_ptr + bh.to(tl.int64) * n_queries + offs_m, delta, mask=rows_ok)
 
     dq_offs = _tile_offsets(tl.arange(0, BLOCK_M), stride_dqm, offs_d, stride_dqd)
@@ -691,6 +713,7 @@ def attention_backward(
     value: torch.Tensor,
     tau: torch.Tensor,
     tile_max: torch.Tensor,
+    u_value_mean: torch.Tensor,
     alpha: float,
     is_causal: bool,
     scale: float,
@@ -704,9 +727,9 @@ def attention_backward(
 
     Shapes: query, grad_out (B, Hq, M, D); key, value (B, Hkv, N, D); tau float32
     (B, Hq, M); tile_max float32 (B, Hq, cdiv(M, TILE_M) + 1, cdiv(N, TILE_N) + 1) (the
-    padding row and column, see options.tile_grid, are never read); seqlens
-    integer (B,) or None. Any strides. Outputs have the shapes and dtypes of query, key
-    and value.
+    padding row and column, see options.tile_grid, are never read); u_value_mean float32
+    (B, Hq, M, D) (adasplash_compile.options); seqlens integer (B,) or None. Any strides.
+    Outputs have the shapes and dtypes of query, key and value.
 
     Only allocates with torch.empty and launches kernels (no syncs, no value-dependent
     Python), so it traces under ``wrap=torch.library.wrap_triton`` and CUDA-graph capture.
@@ -767,9 +790,10 @@ def attention_backward(
         dkdv_options = dict(num_warps=config.dkv_warps, num_stages=config.dkv_stages)
 
     launch(dq_kernel)[(triton.cdiv(n_queries, config.dq_block_m), batch * n_q_heads)](
-        query, key, value, grad_out, tau, delta, grad_query, lists.kv_count, lists.kv_index, seqlens_arg,
+        query, key, value, grad_out, tau, u_value_mean, delta, grad_query, lists.kv_count, lists.kv_index,
+        seqlens_arg,
         *query.stride(), *key.stride(), *value.stride(), *grad_out.stride(), *grad_query.stride(),
-        *tau.stride(),
+        *tau.stride(), *u_value_mean.stride(),
         n_q_heads, group_size, n_queries, n_keys, head_dim, n_key_tiles, n_row_groups,
         qk_scale, u_exp, scale,
         BLOCK_M=config.dq_block_m, BLOCK_N=config.dq_block_n, BLOCK_D=block_d, TILE_N=TILE_N,

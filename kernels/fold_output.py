@@ -18,6 +18,17 @@ off by d^2 sum_j (out - v_j) / (1 - d^2 C), at most about 2 d^2 C max|v|. The en
 in (tau, t] are left out: each has p <= d^2 and z - tau <= |d|. The pass therefore
 costs one more small product per tile (B) in place of a whole threshold sweep.
 
+The backward's u-weighted mean of V (adasplash_compile.options ``u_value_mean``; u is
+p^(1/2) = g - d at tau) comes from the same sums, taken at t: B / G. The exact mean,
+(B - d sum v) / (G - d C), mixes B / G with the plain mean of v above t by the weight
+|d| C / (G + |d| C); dropping d sum v alone would also skew it where v is constant. A CPU
+check (4 row blocks each of the benchmark's mid and dense workloads at N = 8192 and
+32768, float64, after the kernels' sweeps) put the backward's DELTA = dO . u_value_mean
+within 2.5e-4 (mid) and 6.1e-4 (dense) of mean |dP| of the exact one, below bf16's
+rounding of dS (2^-9). That error no longer cancels in dQ = sum_j dS_j K_j: sum_j dS_j is
+then U times it, not 0, so dQ moves by that times the rows' u-weighted mean key, whose
+relative effect grows with the keys' common mean over their spread.
+
 ``fold_tolerance`` bounds d^2 C per row at 2^-(bits + 4) for a 16-bit output (bits
 its significand, as in ``tau_tolerance``), so out' is within 1/8 of the output's
 unit roundoff times max|v| (plus the entries left out, each with p <= d^2: none in the

@@ -84,10 +84,13 @@ one program per (Z, H, BLOCK_M rows):
      acc += p.V, l += sum p, out = acc / l (0 where l = 0), over the tiles where
      some row group has bound > min TAU and rel_bound > min (TAU - m) over its rows;
      each visited tile writes its tile_max, so the backward visits exactly the
-     tiles holding a nonzero of P.
+     tiles holding a nonzero of P. For alpha = 1.5 a second product per tile,
+     sum h.V with h = p^(1/2) up to a factor, gives u_value_mean
+     (adasplash_compile.options), from which the backward takes DELTA in place of a
+     fourth product per tile in its dQ kernel.
    - fold (alpha = 1.5, 16-bit outputs; kernels/fold_output.py): after FOLD_AFTER (2)
      sweeps, a block whose rows have not all converged runs the output pass at the
-     estimate with one more product per tile (sum h.V) and corrects tau and the output
+     estimate, where that second product is sum h.V, and corrects tau and the output
      from its sums, in place of the sweeps left; where the correction misses its
      accuracy bound, the sweeps resume and the output pass runs again. A block with
      dense scores sweeps the bottom of its bracket first and folds after that one sweep
@@ -203,7 +206,11 @@ from adasplash_compile.options import TILE_M, TILE_N, tile_grid
 # Tile bounds read per vector load when listing a sweep's active tiles.
 _TILE_SCAN = 128
 
-# Key tiles bounded per (64 x D) x (D x CENTRE_CHUNK) product in the max sweep.
+# Key tiles bounded per (64 x D) x (D x CENTRE_CHUNK) product in the max sweep. Four centres
+# per tile (16 keys each, 8 tiles per product) list 15-31% fewer exact tiles on the sparse
+# workloads (benchmarks/tile_model.py), yet made the max sweep 9-20% slower on high and dense
+# and the forward up to 8% slower (H100, same process, outputs bitwise equal;
+# benchmarks/results/h100-2026-11-27-delta.md).
 _CENTRE_CHUNK = 32
 
 # Row groups per row block with a bound of their own per tile: 16 rows each, the rows one
@@ -764,6 +771,12 @@ def threshold_sweeps(q, k_base, bound_row, rel_row, stride_bn, list_ptr, stride_
 
 
 @triton.jit
+def ratio_or_zero(weighted_sum, weight):
+    """weighted_sum / weight per row ((ROWS, BLOCK_D) over (ROWS,)), 0 where weight = 0."""
+    return tl.where(weight[:, None] > 0.0, weighted_sum / tl.where(weight > 0.0, weight, 1.0)[:, None], 0.0)
+
+
+@triton.jit
 def output_thresholds(m_shift, tau_shifted, sees_keys):
     """The rows' thresholds, absolute and shifted (tau' = tau - m), for the output pass and
     the tau output: +inf for rows that see no key, so their p is 0."""
@@ -781,18 +794,19 @@ def output_pass(q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, 
     the tiles that may hold an entry above them; each one visited records in tile_max
     the largest z above its row's tau (-inf stays where there is none).
 
-    Returns (acc, acc_gap, l, gap_sum, count): with h = [z - tau]_+ / 2 per entry,
+    Returns (acc, acc_u, l, u_sum, count): with h = [z - tau]_+ / 2 per entry,
     p = h^INV (``half_tail_gap``: p / 4 for alpha = 1.5, p / 2 for alpha = 2; the factor
-    cancels in acc / l), acc = sum p.V and l = sum p; FOLD (alpha = 1.5) adds
-    acc_gap = sum h.V, gap_sum = sum h and count = #(h > 0) for ``fold_correction``
-    (zeros otherwise).
+    cancels in acc / l), acc = sum p.V and l = sum p; for alpha = 1.5, acc_u = sum h.V
+    and u_sum = sum h (h is p^(2-alpha) = p^(1/2) up to that factor), whose ratio the
+    backward takes DELTA from (``u_value_mean``), and with FOLD count = #(h > 0), for
+    ``fold_correction`` with acc_u and u_sum (zeros where not gathered).
     """
     n_listed, n_unmasked = list_active_tiles(bound_row, rel_row, stride_bn, list_ptr, stride_ln, n_tiles,
                                              first_masked, group_min(tau), group_min(tau_shifted), SCAN)
     acc = tl.zeros([offs_m.shape[0], BLOCK_D], tl.float32)
-    acc_gap = tl.zeros([offs_m.shape[0], BLOCK_D], tl.float32)
+    acc_u = tl.zeros([offs_m.shape[0], BLOCK_D], tl.float32)
     l_i = tl.zeros([offs_m.shape[0]], tl.float32)
-    gap_sum = tl.zeros([offs_m.shape[0]], tl.float32)
+    u_sum = tl.zeros([offs_m.shape[0]], tl.float32)
     count = tl.zeros([offs_m.shape[0]], tl.int32)
     for i in range(0, n_listed):
         tile_n = tl.load(list_ptr + (i + LIST_HEAD) * stride_ln)
@@ -818,21 +832,23 @@ def output_pass(q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, 
         v = load_kv_tile(v_base, start_n, start_n + offs_n, offs_d, N, stride_vn, stride_vd, HEAD_DIM, USE_INT64,
                          KV_TMA, False)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-        if FOLD:
-            gap_sum += tl.sum(gap, 1)
-            count += positive_count(gap)
-            acc_gap = tl.dot(gap.to(v.dtype), v, acc_gap, input_precision=DOT_PRECISION)
-    return acc, acc_gap, l_i, gap_sum, count
+        if ALPHA_MODE == 1:
+            u_sum += tl.sum(gap, 1)
+            acc_u = tl.dot(gap.to(v.dtype), v, acc_u, input_precision=DOT_PRECISION)
+            if FOLD:
+                count += positive_count(gap)
+    return acc, acc_u, l_i, u_sum, count
 
 
 @triton.jit
 def _adasplash_fwd_tau_out(
-    q_ptr, k_ptr, v_ptr, out_ptr, m_ptr, floor_ptr, local_floor_ptr, tau_ptr, bound_ptr, rel_bound_ptr, tile_max_ptr,
-    tile_list_ptr, seqlens_ptr,
+    q_ptr, k_ptr, v_ptr, out_ptr, u_value_mean_ptr, m_ptr, floor_ptr, local_floor_ptr, tau_ptr, bound_ptr,
+    rel_bound_ptr, tile_max_ptr, tile_list_ptr, seqlens_ptr,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
     stride_oz, stride_oh, stride_om, stride_od,
+    stride_uz, stride_uh, stride_um, stride_ud,
     stride_tauz, stride_tauh, stride_taum,
     stride_tz, stride_th, stride_tm, stride_tn,
     stride_bz, stride_bh, stride_bm, stride_bn,
@@ -844,7 +860,8 @@ def _adasplash_fwd_tau_out(
     SCAN: tl.constexpr, FOLD: tl.constexpr,
     DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, KV_TMA: tl.constexpr,
 ):
-    """Threshold sweeps and the output pass for one row block.
+    """Threshold sweeps and the output pass for one row block: out, tau, tile_max and
+    u_value_mean (float32, out's shape, strides stride_u*; adasplash_compile.options).
 
     m_ptr, floor_ptr, local_floor_ptr and tau_ptr share their shape and strides (stride_tau*); bound_ptr
     and rel_bound_ptr theirs (stride_b*, as in the max sweep). tile_max_ptr (strides
@@ -915,6 +932,7 @@ def _adasplash_fwd_tau_out(
     sweep = tl.zeros([], tl.int32)
     folded = tl.zeros([], tl.int32)
     out = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    u_mean = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     sweep_limit = MAX_SWEEPS
     if FOLD:
         # Stop after FOLD_AFTER sweeps and let the output pass finish the rows still
@@ -940,15 +958,16 @@ def _adasplash_fwd_tau_out(
             # The estimate: for alpha = 1.5 the closed form, at or above tau' and within
             # about 2^-12 of it after two sweeps, or one low one (kernels/fold_output.py).
             tau_abs, tau_rel = output_thresholds(m_shift, tau_i, sees_keys)
-            acc, acc_gap, l_i, gap_sum, count = output_pass(
+            acc, acc_u, l_i, u_sum, count = output_pass(
                 q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, stride_tn, list_ptr, stride_ln,
                 n_tiles, first_masked, tau_abs, tau_rel, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
                 inv, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, KV_TMA,
                 BLOCK_N, BLOCK_D, ALPHA_MODE, SCAN, True)
-            step, accurate = fold_correction(l_i, gap_sum, count, active, fold_tol, FOLD_MAX_STEP)
+            step, accurate = fold_correction(l_i, u_sum, count, active, fold_tol, FOLD_MAX_STEP)
             if tl.min(accurate.to(tl.int32), 0) > 0:
                 tau_i = tau_i + step
-                out = fold_output(acc, acc_gap, l_i, gap_sum, step)
+                out = fold_output(acc, acc_u, l_i, u_sum, step)
+                u_mean = ratio_or_zero(acc_u, u_sum)
                 folded = tl.full([], 1, tl.int32)
     if folded == 0:
         lo, hi, tau_i, active, sweep = threshold_sweeps(
@@ -959,18 +978,23 @@ def _adasplash_fwd_tau_out(
         # ---- output pass over the tiles that may hold a nonzero of P; each one visited
         # records in tile_max the largest z of its nonzeros (-inf stays where there is none).
         tau_abs, tau_rel = output_thresholds(m_shift, tau_i, sees_keys)
-        acc, acc_gap, l_i, gap_sum, count = output_pass(
+        acc, acc_u, l_i, u_sum, count = output_pass(
             q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, stride_tn, list_ptr, stride_ln, n_tiles,
             first_masked, tau_abs, tau_rel, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv,
             stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, KV_TMA, BLOCK_N,
             BLOCK_D, ALPHA_MODE, SCAN, False)
         # Renormalise as entmax_bisect does; rows without keys have l = 0 -> exact zeros.
-        out = tl.where(l_i[:, None] > 0.0, acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None], 0.0)
+        out = ratio_or_zero(acc, l_i)
+        u_mean = ratio_or_zero(acc_u, u_sum)
     tau_abs, _ = output_thresholds(m_shift, tau_i, sees_keys)
     tl.store(tau_ptr + row_offset, tau_abs, mask=offs_m < M)
+    tile_mask = (offs_m[:, None] < M) & (offs_d[None, :] < HEAD_DIM)
     out_ptrs = (out_ptr + off_z * stride_oz + off_h * stride_oh + rows_m[:, None] * stride_om
                 + offs_d[None, :] * stride_od)
-    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_d[None, :] < HEAD_DIM))
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=tile_mask)
+    u_mean_ptrs = (u_value_mean_ptr + off_z * stride_uz + off_h * stride_uh + rows_m[:, None] * stride_um
+                   + offs_d[None, :] * stride_ud)
+    tl.store(u_mean_ptrs, u_mean, mask=tile_mask)
 
 
 allocate_scratch_before_launch(_adasplash_fwd_tau_out, "KV_TMA")
@@ -1005,18 +1029,20 @@ def attention_forward(
     config: Optional[dict] = None,
     autotune: bool = False,
 ):
-    """AdaSplash-2 forward; returns (out, tau, tile_max) as reference.attention_forward.
+    """AdaSplash-2 forward; returns (out, tau, tile_max, u_value_mean) as
+    reference.attention_forward.
 
     query (B, Hq, M, D), key/value (B, Hkv, N, D), any strides; out has query's
     dtype (``empty_like(query)``), tau float32 (B, Hq, M), tile_max float32
-    (B, Hq, cdiv(M, 64) + 1, cdiv(N, 64) + 1). ``wrap`` wraps every kernel before launch
+    (B, Hq, cdiv(M, 64) + 1, cdiv(N, 64) + 1), u_value_mean float32 (B, Hq, M, D),
+    contiguous. ``wrap`` wraps every kernel before launch
     (``torch.library.wrap_triton`` under tracing); ``config`` overrides the default
     (``default_forward_config``); ``autotune`` chooses among ``autotune_forward_configs``
     instead (kernels/autotuning.py).
     """
     buffers = _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, config, autotune,
                            with_output=True)
-    return buffers["out"], buffers["tau"], buffers["tile_max"]
+    return buffers["out"], buffers["tau"], buffers["tile_max"], buffers["u_value_mean"]
 
 
 def max_sweep(query, key, alpha, is_causal, scale, seqlens=None, *, config=None) -> dict:
@@ -1049,7 +1075,9 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     # dimension is 1.
     bounds = (*tiles, BOUND_GROUPS.value)
     buffers = dict(
-        out=out, tau=tau, tile_max=tile_max, row_max=torch.empty_like(tau), floor=torch.empty_like(tau),
+        out=out, tau=tau, tile_max=tile_max,
+        u_value_mean=torch.empty((batch, q_heads, n_queries, head_dim), dtype=torch.float32, device=query.device),
+        row_max=torch.empty_like(tau), floor=torch.empty_like(tau),
         local_floor=torch.empty_like(tau),
         bound=torch.empty(bounds, dtype=torch.float32, device=query.device),
         rel_bound=torch.empty(bounds, dtype=torch.float32, device=query.device),
@@ -1116,8 +1144,10 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
         return buffers
     fold_tol = fold_tolerance(alpha, query.dtype)
     launch(tau_out_kernel)[grid](
-        query, key, value, out, row_max, floor, local_floor, tau, bound, rel_bound, tile_max, tile_list, seqlens_arg,
-        *query.stride(), *key.stride(), *value.stride(), *out.stride(), *tau.stride(), *tile_max.stride(),
+        query, key, value, out, buffers["u_value_mean"], row_max, floor, local_floor, tau, bound, rel_bound, tile_max,
+        tile_list, seqlens_arg,
+        *query.stride(), *key.stride(), *value.stride(), *out.stride(), *buffers["u_value_mean"].stride(),
+        *tau.stride(), *tile_max.stride(),
         *bound.stride()[:4], *tile_list.stride(),
         n_queries, n_keys, group, qk_scale, alpha, 1.0 / (alpha - 1.0), tau_tolerance(alpha, query.dtype),
         fold_tol, SCAN=_TILE_SCAN, FOLD=fold_tol > 0.0,

@@ -25,8 +25,8 @@ def dense_mask(batch, n_queries, n_keys, is_causal, seqlens):
     return mask
 
 
-def entmax_attention(query, key, value, alpha=1.5, is_causal=False, scale=None, seqlens=None):
-    """float64 CPU output of AdaSplash-2 attention; differentiable in q, k, v."""
+def _attention_weights(query, key, value, alpha, is_causal, scale, seqlens):
+    """(P, V expanded to the query heads, (q, k, v)): float64 CPU, differentiable in q, k, v."""
     q, k, v = (t.detach().cpu().double().requires_grad_(t.requires_grad) for t in (query, key, value))
     group = q.shape[1] // k.shape[1]
     ke = k.repeat_interleave(group, dim=1)
@@ -38,7 +38,23 @@ def entmax_attention(query, key, value, alpha=1.5, is_causal=False, scale=None, 
     empty = ~mask.any(-1, keepdim=True)
     s = s.masked_fill(~mask, float("-inf")).masked_fill(empty, 0.0)
     p = entmax_bisect(s, alpha, n_iter=100).masked_fill(empty, 0.0)
-    return p @ ve, (q, k, v)
+    return p, ve, (q, k, v)
+
+
+def entmax_attention(query, key, value, alpha=1.5, is_causal=False, scale=None, seqlens=None):
+    """float64 CPU output of AdaSplash-2 attention; differentiable in q, k, v."""
+    p, ve, leaves = _attention_weights(query, key, value, alpha, is_causal, scale, seqlens)
+    return p @ ve, leaves
+
+
+def u_value_mean(query, key, value, alpha=1.5, is_causal=False, scale=None, seqlens=None):
+    """float64 CPU (B, Hq, M, D): V averaged per row with weights p^(2-alpha) over the support
+    (zeros for rows without one): the forward output the backward takes DELTA from at alpha = 1.5."""
+    p, ve, _ = _attention_weights(query, key, value, alpha, is_causal, scale, seqlens)
+    p = p.detach()
+    weights = torch.where(p > 0, p ** (2.0 - alpha), torch.zeros_like(p))
+    total = weights.sum(-1, keepdim=True)
+    return (weights @ ve.detach()) / total.masked_fill(total == 0, 1.0)
 
 
 def relative_error(actual, expected):

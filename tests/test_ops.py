@@ -42,11 +42,11 @@ def _check_forward(case, dtype, device, requires_grad):
 def _check_backward(case, dtype, device):
     q, k, v, seqlens = _attention_args(ATTENTION_CASES[case], dtype, device, False)
     causal = ATTENTION_CASES[case]["is_causal"]
-    _, tau, tile_max = torch.ops.adasplash.attention_fwd(q, k, v, 1.5, causal, 0.4, seqlens)
+    _, tau, tile_max, u_value_mean = torch.ops.adasplash.attention_fwd(q, k, v, 1.5, causal, 0.4, seqlens)
     grad_out = torch.randn_like(q)
     torch.library.opcheck(
         torch.ops.adasplash.attention_bwd.default,
-        (grad_out, q, k, v, tau, tile_max, 1.5, causal, 0.4, seqlens),
+        (grad_out, q, k, v, tau, tile_max, u_value_mean, 1.5, causal, 0.4, seqlens),
         test_utils=OPCHECK_TESTS,
     )
 
@@ -84,12 +84,14 @@ def test_double_backward_is_refused_not_wrong():
 
 def test_forward_outputs_follow_the_contract():
     q, k, v = (torch.randn(1, 2, 70, 8) for _ in range(3))
-    out, tau, tile_max = torch.ops.adasplash.attention_fwd(q, k, v, 1.5, True, 0.3, None)
+    outputs = torch.ops.adasplash.attention_fwd(q, k, v, 1.5, True, 0.3, None)
     expected = reference.attention_forward(q, k, v, 1.5, True, 0.3, None)
-    for actual, want in zip((out, tau, tile_max), expected):
+    assert len(outputs) == len(expected) == 4
+    for actual, want in zip(outputs, expected):
         torch.testing.assert_close(actual, want, rtol=0, atol=0)
-    assert tau.dtype == tile_max.dtype == torch.float32
-    assert tau.shape == (1, 2, 70) and tile_max.shape == (1, 2, 3, 3)
+    out, tau, tile_max, u_value_mean = outputs
+    assert tau.dtype == tile_max.dtype == u_value_mean.dtype == torch.float32
+    assert tau.shape == (1, 2, 70) and tile_max.shape == (1, 2, 3, 3) and u_value_mean.shape == (1, 2, 70, 8)
 
 
 @pytest.mark.gpu

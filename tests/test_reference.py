@@ -6,7 +6,7 @@ from entmax import entmax_bisect, sparsemax
 
 from adasplash_compile import reference
 from adasplash_compile.options import TILE_M, TILE_N
-from tests.oracle import dense_mask, entmax_attention, relative_error
+from tests.oracle import dense_mask, entmax_attention, relative_error, u_value_mean
 
 CASES = [
     # (B, Hq, Hkv, M, N, D, is_causal, seqlens)
@@ -32,12 +32,17 @@ def test_forward_matches_entmax_bisect(alpha, case):
     b, hq, hkv, m, n, d, causal, lengths = case
     seqlens = None if lengths is None else torch.tensor(lengths)
     q, k, v = _inputs(b, hq, hkv, m, n, d)
-    out, tau, _ = reference.attention_forward(q, k, v, alpha, causal, 0.5, seqlens)
+    out, tau, _, u_mean = reference.attention_forward(q, k, v, alpha, causal, 0.5, seqlens)
     expected, _ = entmax_attention(q, k, v, alpha, causal, 0.5, seqlens)
     assert (out.double() - expected).abs().max().item() <= 1e-5
+    if alpha == 1.5:
+        assert (u_mean.double() - u_value_mean(q, k, v, alpha, causal, 0.5, seqlens)).abs().max().item() <= 1e-5
+    else:
+        assert (u_mean == 0).all()
     empty = ~dense_mask(b, m, n, causal, seqlens).any(-1).expand(b, hq, m)
     assert torch.isinf(tau[empty]).all() and torch.isfinite(tau[~empty]).all()
     assert (out[empty.unsqueeze(-1).expand_as(out)] == 0).all()
+    assert (u_mean[empty.unsqueeze(-1).expand_as(u_mean)] == 0).all()
 
 
 @pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0])
@@ -47,7 +52,7 @@ def test_backward_matches_entmax_bisect_autograd(alpha, case):
     seqlens = None if lengths is None else torch.tensor(lengths)
     q, k, v = _inputs(b, hq, hkv, m, n, d)
     grad_out = torch.randn(b, hq, m, d)
-    _, tau, _ = reference.attention_forward(q, k, v, alpha, causal, 0.5, seqlens)
+    tau = reference.attention_forward(q, k, v, alpha, causal, 0.5, seqlens)[1]
     grads = reference.attention_backward(grad_out, q, k, v, tau, alpha, causal, 0.5, seqlens)
     expected, leaves = entmax_attention(
         q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), alpha, causal, 0.5, seqlens
@@ -64,7 +69,7 @@ def test_tile_max_is_max_of_support_scores_per_tile():
     k[:, :, :64] *= 0.01  # rows 64.. score ~0 on keys 0..63, far below their diagonal
     q = 0.1 * q + 8.0 * k[:, :, 50:]
     alpha, scale = 1.5, 0.25
-    _, tau, tile_max = reference.attention_forward(q, k, v, alpha, True, scale, torch.tensor([180]))
+    _, tau, tile_max, _ = reference.attention_forward(q, k, v, alpha, True, scale, torch.tensor([180]))
     z = (alpha - 1) * scale * q.double() @ k.double().transpose(-1, -2)
     z = z.masked_fill(~dense_mask(1, 150, 200, True, torch.tensor([180])), float("-inf"))
     support = z > tau.double()[..., None]

@@ -102,6 +102,38 @@ def test_cpu_op_rejects_unsupported_head_dim_directly():
         torch.ops.adasplash.attention_fwd(q, k, v, 1.5, False, 0.5, None)
 
 
+def _forward_state():
+    q, k, v = _qkv()
+    return (torch.randn_like(q), q, k, v, *torch.ops.adasplash.attention_fwd(q, k, v, 1.5, True, 0.5, None)[1:])
+
+
+BAD_FORWARD_STATE = {
+    "grad_out": (0, lambda t: t[..., :4], r"grad_out must have shape \(1, 4, 16, 8\)"),
+    "tau": (4, lambda t: t.double(), r"tau must have shape \(1, 4, 16\) and dtype torch.float32"),
+    "tile_max": (5, lambda t: t[:, :, :1], r"tile_max must have shape \(1, 4, 2, 2\)"),
+    "u_value_mean": (6, lambda t: t[:, :2], r"u_value_mean must have shape \(1, 4, 16, 8\)"),
+    "u_value_mean dtype": (6, lambda t: t.half(),
+                           "u_value_mean must have .* dtype torch.float32.*got .* torch.float16"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FORWARD_STATE)
+@pytest.mark.parametrize("fake", [False, True])
+def test_backward_op_rejects_bad_forward_state(name, fake):
+    index, corrupt, match = BAD_FORWARD_STATE[name]
+    args = list(_forward_state())
+    args[index] = corrupt(args[index])
+    if fake:
+        mode = FakeTensorMode()
+        args = [mode.from_tensor(t) for t in args]
+    with pytest.raises(ValueError, match=match):
+        if fake:
+            with mode:
+                torch.ops.adasplash.attention_bwd(*args, 1.5, True, 0.5, None)
+        else:
+            torch.ops.adasplash.attention_bwd(*args, 1.5, True, 0.5, None)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [

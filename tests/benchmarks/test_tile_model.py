@@ -25,8 +25,8 @@ def test_nonzero_share_matches_the_reference_tile_max(workload):
     blocks = range(n_blocks // 8, n_blocks)
     shares = tile_model.tile_shares(workload, N, blocks=len(blocks))
     query, key, value = (t.to(torch.float64) for t in wl.make_inputs(workload, N, q_heads=1, device="cpu"))
-    _, _, tile_max = reference.attention_forward(query, key, value, tile_model.ALPHA, True,
-                                                 1.0 / math.sqrt(query.shape[-1]), None)
+    tile_max = reference.attention_forward(query, key, value, tile_model.ALPHA, True,
+                                           1.0 / math.sqrt(query.shape[-1]), None)[2]
     nonzero = sum(int(torch.isfinite(tile_max[0, 0, block, : block + 1]).sum()) for block in blocks)
     visible = sum(block + 1 for block in blocks)
     assert 0.0 < shares["nonzero"] < 1.0

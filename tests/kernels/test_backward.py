@@ -72,8 +72,8 @@ def make_inputs(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype, de
 
 
 def forward_state(q, k, v, alpha, is_causal, scale, seqlens):
-    _, tau, tile_max = reference.attention_forward(q, k, v, alpha, is_causal, scale, seqlens)
-    return tau, tile_max
+    """(tau, tile_max, u_value_mean) the backward takes, from the reference forward."""
+    return reference.attention_forward(q, k, v, alpha, is_causal, scale, seqlens)[1:]
 
 
 def oracle_grads(q, k, v, do, alpha, is_causal, scale, seqlens):
@@ -102,8 +102,8 @@ def check_case(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, alpha, is_
     if seqlens is not None:
         seqlens = torch.tensor(seqlens, dtype=seqlens_dtype, device=q.device)
     scale = head_dim ** -0.5
-    tau, tile_max = forward_state(q, k, v, alpha, is_causal, scale, seqlens)
-    grads = attention_backward(do, q, k, v, tau, tile_max, alpha, is_causal, scale, seqlens, config=config)
+    tau, tile_max, u_mean = forward_state(q, k, v, alpha, is_causal, scale, seqlens)
+    grads = attention_backward(do, q, k, v, tau, tile_max, u_mean, alpha, is_causal, scale, seqlens, config=config)
     for g, t in zip(grads, (q, k, v)):
         assert g.shape == t.shape and g.dtype == t.dtype and g.device == t.device
     tol = TOLERANCES[dtype]["grad"]
@@ -111,7 +111,7 @@ def check_case(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, alpha, is_
     assert_close(grads, expected, tol, "reference")
     if use_oracle:
         assert_close(grads, oracle_grads(q, k, v, do, alpha, is_causal, scale, seqlens), tol, "oracle")
-    return (q, k, v, do, tau, tile_max, scale, seqlens), grads
+    return (q, k, v, do, tau, tile_max, u_mean, scale, seqlens), grads
 
 
 # --------------------------------------------------------------------------------------
@@ -153,17 +153,17 @@ def test_interpret_matches_oracle_fp16(shape, alpha, is_causal):
 @pytest.mark.parametrize("alpha, is_causal", [(1.5, False), (1.25, True), (2.0, False)])
 def test_interpret_dq_near_constant_values(alpha, is_causal):
     """Values nearly equal across keys: dP is then nearly DELTA, and dS = u (dP - DELTA)
-    is small next to u dP. The dQ kernel learns DELTA during its one sweep; it centres dP
-    at DELTA over the tiles seen so far before rounding dS to fp16, and re-centres the
-    sum as DELTA moves. Rounding u dP instead and subtracting DELTA sum_j u K at the end
-    loses a factor |dP| / |dP - DELTA| (about 100 here) of relative accuracy: dQ's error
-    was 2.7e-2 to 3.6e-2 that way, against 3e-4."""
+    is small next to u dP. The dQ kernel takes DELTA from the forward's u_value_mean
+    before its sweep and centres dP at it before rounding dS to fp16. Rounding u dP
+    instead and subtracting DELTA sum_j u K at the end loses a factor |dP| / |dP - DELTA|
+    (about 100 here) of relative accuracy: dQ's error was 2.7e-2 to 3.6e-2 that way,
+    against 3e-4."""
     q, k, v, do = make_inputs(1, 2, 2, 257, 257, 64, torch.float32)
     v = 1.0 + 0.01 * v
     q, k, v, do = (t.to(torch.float16) for t in (q, k, v, do))
     scale = 64 ** -0.5
-    tau, tile_max = forward_state(q, k, v, alpha, is_causal, scale, None)
-    grads = attention_backward(do, q, k, v, tau, tile_max, alpha, is_causal, scale, None)
+    tau, tile_max, u_mean = forward_state(q, k, v, alpha, is_causal, scale, None)
+    grads = attention_backward(do, q, k, v, tau, tile_max, u_mean, alpha, is_causal, scale, None)
     expected = oracle_grads(q, k, v, do, alpha, is_causal, scale, None)
     # Plain relative errors: these gradients are far below the N(0, 1) scale that
     # assert_close floors its norm at.
@@ -208,8 +208,8 @@ def test_interpret_mixed_strides():
     v = torch.randn(1, 1, 90, 80)[..., ::2]
     do = torch.randn(1, 2, 40, 70).transpose(2, 3)
     scale = 0.3
-    tau, tile_max = forward_state(q, k, v, 1.5, True, scale, None)
-    grads = attention_backward(do, q, k, v, tau, tile_max, 1.5, True, scale, None)
+    tau, tile_max, u_mean = forward_state(q, k, v, 1.5, True, scale, None)
+    grads = attention_backward(do, q, k, v, tau, tile_max, u_mean, 1.5, True, scale, None)
     expected = reference.attention_backward(do, q, k, v, tau, 1.5, True, scale, None)
     assert_close(grads, expected, TOLERANCES[torch.float32]["grad"], "reference")
 
@@ -218,9 +218,9 @@ def test_interpret_mixed_strides():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_interpret_deterministic(dtype):
     q, k, v, do = make_inputs(1, 4, 1, 100, 130, 64, dtype)
-    tau, tile_max = forward_state(q, k, v, 1.5, False, 0.125, None)
-    first = attention_backward(do, q, k, v, tau, tile_max, 1.5, False, 0.125, None)
-    second = attention_backward(do, q, k, v, tau, tile_max, 1.5, False, 0.125, None)
+    tau, tile_max, u_mean = forward_state(q, k, v, 1.5, False, 0.125, None)
+    first = attention_backward(do, q, k, v, tau, tile_max, u_mean, 1.5, False, 0.125, None)
+    second = attention_backward(do, q, k, v, tau, tile_max, u_mean, 1.5, False, 0.125, None)
     for name, a, b in zip(GRAD_NAMES, first, second):
         assert torch.equal(a, b), f"{name} differs between two runs"
 
@@ -234,12 +234,13 @@ def test_interpret_block_skipping(alpha, is_causal):
     entries are all zero, so the gradients agree up to rounding.
     """
     n = 300
-    (q, k, v, do, tau, tile_max, scale, _), grads = check_case(
+    (q, k, v, do, tau, tile_max, u_mean, scale, _), grads = check_case(
         1, 2, 2, n, n, 64, alpha, is_causal, torch.float32, banded=True, use_oracle=alpha == 1.5)
     lists = active_tile_lists(tau, tile_max, 2, n, is_causal, None)
     active_fraction = int(lists.kv_count.sum()) / (2 * math.ceil(n / TILE_M) * math.ceil(n / TILE_N))
     assert active_fraction < 0.6, "banded input should leave many tiles inactive"
-    dense = attention_backward(do, q, k, v, tau, torch.full_like(tile_max, math.inf), alpha, is_causal, scale, None)
+    dense = attention_backward(do, q, k, v, tau, torch.full_like(tile_max, math.inf), u_mean, alpha, is_causal, scale,
+                               None)
     for name, a, b in zip(GRAD_NAMES, grads, dense):
         assert relative_error(a, b) <= 1e-6, f"{name}: skipping changed the result"
 
@@ -274,7 +275,7 @@ def test_interpret_tile_lists(is_causal, seqlens, tiles_per_list):
     batch, q_heads, kv_heads, n_queries, n_keys = 2, 4, 2, 150, 260
     q, k, v, _ = make_inputs(batch, q_heads, kv_heads, n_queries, n_keys, 32, torch.float32, banded=True)
     lengths = None if seqlens is None else torch.tensor(seqlens)
-    tau, tile_max = forward_state(q, k, v, 2.0, is_causal, 0.2, lengths)
+    tau, tile_max, _ = forward_state(q, k, v, 2.0, is_causal, 0.2, lengths)
     lists = active_tile_lists(tau, tile_max, kv_heads, n_keys, is_causal, lengths,
                               list_rows=TILE_M * tiles_per_list, list_keys=TILE_N * tiles_per_list)
 
@@ -314,13 +315,15 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 from adasplash_compile.kernels.backward import attention_backward
 
-def backward(do, q, k, v, tau, tile_max, seqlens):
-    return attention_backward(do, q, k, v, tau, tile_max, 1.5, True, 0.2, seqlens, wrap=torch.library.wrap_triton)
+def backward(do, q, k, v, tau, tile_max, u_mean, seqlens):
+    return attention_backward(do, q, k, v, tau, tile_max, u_mean, 1.5, True, 0.2, seqlens,
+                              wrap=torch.library.wrap_triton)
 
 q, do = torch.randn(2, 4, 70, 40), torch.randn(2, 4, 70, 40)
 k, v = torch.randn(2, 2, 90, 40), torch.randn(2, 2, 90, 40)
 tau, tile_max, seqlens = torch.randn(2, 4, 70), torch.randn(2, 4, 3, 3), torch.tensor([50, 90])
-graph = make_fx(backward, tracing_mode="symbolic")(do, q, k, v, tau, tile_max, seqlens)
+u_mean = torch.randn(2, 4, 70, 40)
+graph = make_fx(backward, tracing_mode="symbolic")(do, q, k, v, tau, tile_max, u_mean, seqlens)
 launches = [n for n in graph.graph.nodes if "triton_kernel_wrapper" in str(n.target)]
 others = {str(n.target) for n in graph.graph.nodes if n.op == "call_function"} - {str(n.target) for n in launches}
 print(len(launches), sorted(others))
@@ -459,8 +462,8 @@ def test_gpu_strided():
 @pytest.mark.parametrize("head_dim, dtype", [(128, BF16), (64, FP32)], ids=["D128-bf16", "D64-fp32"])
 def test_gpu_deterministic(head_dim, dtype):
     q, k, v, do = make_inputs(2, 8, 2, 4096, 4096, head_dim, dtype)
-    tau, tile_max = forward_state(q, k, v, 1.5, True, head_dim ** -0.5, None)
-    runs = [attention_backward(do, q, k, v, tau, tile_max, 1.5, True, head_dim ** -0.5, None) for _ in range(3)]
+    tau, tile_max, u_mean = forward_state(q, k, v, 1.5, True, head_dim ** -0.5, None)
+    runs = [attention_backward(do, q, k, v, tau, tile_max, u_mean, 1.5, True, head_dim ** -0.5, None) for _ in range(3)]
     for other in runs[1:]:
         for name, a, b in zip(GRAD_NAMES, runs[0], other):
             assert torch.equal(a, b), f"{name} differs between runs"
@@ -480,14 +483,15 @@ def test_gpu_int64_offsets():
     q, k, v, do = make_inputs(batch, q_heads, kv_heads, n, n, head_dim, BF16)
     tau = torch.empty(batch, q_heads, n, dtype=torch.float32, device=DEVICE)
     tile_max = torch.empty(batch, q_heads, *tile_grid(n, n), dtype=torch.float32, device=DEVICE)
+    u_mean = torch.empty(batch, q_heads, n, head_dim, dtype=torch.float32, device=DEVICE)
     for b in range(batch):  # the reference forward per batch element keeps its scratch small
         part = slice(b, b + 1)
-        tau[part], tile_max[part] = forward_state(q[part], k[part], v[part], alpha, True, scale, None)
-    grads = attention_backward(do, q, k, v, tau, tile_max, alpha, True, scale, None)
+        tau[part], tile_max[part], u_mean[part] = forward_state(q[part], k[part], v[part], alpha, True, scale, None)
+    grads = attention_backward(do, q, k, v, tau, tile_max, u_mean, alpha, True, scale, None)
     for b in (0, batch - 1):
         part = slice(b, b + 1)
-        alone = attention_backward(do[part], q[part], k[part], v[part], tau[part], tile_max[part], alpha, True,
-                                   scale, None)
+        alone = attention_backward(do[part], q[part], k[part], v[part], tau[part], tile_max[part], u_mean[part],
+                                   alpha, True, scale, None)
         for name, g, a in zip(GRAD_NAMES, grads, alone):
             assert torch.equal(g[part], a), f"{name} of batch {b} depends on its offset"
     last = slice(batch - 1, batch)
@@ -498,8 +502,8 @@ def test_gpu_int64_offsets():
 @gpu
 def test_gpu_autotuned_launch_matches_default():
     q, k, v, do = make_inputs(1, 4, 2, 700, 700, 64, torch.bfloat16, banded=True)
-    tau, tile_max = forward_state(q, k, v, 1.5, True, 0.125, None)
-    default = attention_backward(do, q, k, v, tau, tile_max, 1.5, True, 0.125, None)
-    tuned = attention_backward(do, q, k, v, tau, tile_max, 1.5, True, 0.125, None, autotune=True)
+    tau, tile_max, u_mean = forward_state(q, k, v, 1.5, True, 0.125, None)
+    default = attention_backward(do, q, k, v, tau, tile_max, u_mean, 1.5, True, 0.125, None)
+    tuned = attention_backward(do, q, k, v, tau, tile_max, u_mean, 1.5, True, 0.125, None, autotune=True)
     for a, b in zip(tuned, default):
         assert relative_error(a, b) <= 1e-2

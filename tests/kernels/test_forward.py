@@ -22,12 +22,14 @@ from adasplash_compile.kernels.forward import (
     prune_forward_configs,
 )
 from adasplash_compile.kernels import forward as forward_module
+from adasplash_compile.kernels.backward import attention_backward
 from adasplash_compile.kernels.fold_output import FOLD_MAX_STEP, fold_tolerance
 from adasplash_compile.kernels.tau import tau_tolerance
 from adasplash_compile.options import TILE_M, TILE_N, tile_grid
 from tests.conftest import ALL_GPU_DTYPES, DEVICE, GPU_DTYPES, TOLERANCES
 from tests.kernels.mutation import IN_BOTH_SUITES, kernel_writes
-from tests.oracle import dense_mask, entmax_attention, support_tile_max_bounds
+from tests.kernels.test_backward import GRAD_NAMES, oracle_grads
+from tests.oracle import dense_mask, entmax_attention, relative_error, support_tile_max_bounds, u_value_mean
 
 interpret = pytest.mark.interpret
 gpu = pytest.mark.gpu
@@ -73,28 +75,37 @@ def with_layout(t, dtype, layout):
 
 
 def check_forward(q, k, v, alpha, is_causal, scale, seqlens, config=None, out_tol=None):
-    out, tau, tile_max = attention_forward(q, k, v, alpha, is_causal, scale, seqlens, config=config)
-    batch, q_heads, n_queries, _ = q.shape
+    out, tau, tile_max, u_mean = attention_forward(q, k, v, alpha, is_causal, scale, seqlens, config=config)
+    batch, q_heads, n_queries, head_dim = q.shape
     n_keys = k.shape[2]
 
     assert out.dtype == q.dtype and out.shape == q.shape
     assert tau.dtype == torch.float32 and tau.shape == (batch, q_heads, n_queries)
     assert tile_max.dtype == torch.float32 and tile_max.shape == (batch, q_heads, *tile_grid(n_queries, n_keys))
-    assert not out.isnan().any()
+    assert u_mean.dtype == torch.float32 and u_mean.shape == (batch, q_heads, n_queries, head_dim)
+    assert not out.isnan().any() and not u_mean.isnan().any()
     assert not tau.isnan().any() and not tile_max.isnan().any()
 
-    gold, _ = entmax_attention(q, k, v, alpha, is_causal, scale, None if seqlens is None else seqlens.cpu())
+    cpu_seqlens = None if seqlens is None else seqlens.cpu()
+    gold, _ = entmax_attention(q, k, v, alpha, is_causal, scale, cpu_seqlens)
     tol = TOLERANCES[q.dtype]["out"] if out_tol is None else out_tol
     err = (out.double().cpu() - gold).abs().max().item()
     assert err <= tol, f"max |out - oracle| = {err:.3g} > {tol}"
+    if alpha == 1.5:
+        # u is rounded to the values' dtype for its product with V as p is, so the same bar.
+        gold_u = u_value_mean(q, k, v, alpha, is_causal, scale, cpu_seqlens)
+        u_err = (u_mean.double().cpu() - gold_u).abs().max().item()
+        assert u_err <= tol, f"max |u_value_mean - oracle| = {u_err:.3g} > {tol}"
+    else:
+        assert (u_mean == 0).all(), "u_value_mean holds zeros for alpha != 1.5"
 
     # Rows that see no key output exact zeros and tau = +inf.
-    mask = dense_mask(batch, n_queries, n_keys, is_causal, None if seqlens is None else seqlens.cpu())
+    mask = dense_mask(batch, n_queries, n_keys, is_causal, cpu_seqlens)
     empty = ~mask.any(-1).expand(batch, q_heads, n_queries)
-    assert (out.cpu()[empty] == 0).all()
+    assert (out.cpu()[empty] == 0).all() and (u_mean.cpu()[empty] == 0).all()
     assert torch.isposinf(tau.cpu()[empty]).all()
 
-    _, ref_tau, _ = reference.attention_forward(q, k, v, alpha, is_causal, scale, seqlens)
+    ref_tau = reference.attention_forward(q, k, v, alpha, is_causal, scale, seqlens)[1]
     # The kernel stops refining once the bracket holding tau is tau_tolerance wide
     # (looser for 16-bit outputs), so its tau may sit that far from the exact one.
     torch.testing.assert_close(tau, ref_tau, atol=2e-5 + tau_tolerance(alpha, q.dtype), rtol=2e-5)
@@ -102,7 +113,7 @@ def check_forward(q, k, v, alpha, is_causal, scale, seqlens, config=None, out_to
     # FOLD_MAX_STEP of tau.
     slack = max(1e-4, FOLD_MAX_STEP.value) if fold_tolerance(alpha, q.dtype) > 0.0 else 1e-4
     check_tile_max(tile_max, q, k, tau, alpha, is_causal, scale, seqlens, slack)
-    return out, tau, tile_max
+    return out, tau, tile_max, u_mean
 
 
 def check_tile_max(tile_max, q, k, tau, alpha, is_causal, scale, seqlens, slack=1e-4):
@@ -205,7 +216,7 @@ def test_mutation_analysis_reports_only_outputs(suite):
         "_key_tile_summary": ["centre_ptr", "radius_ptr"],
         "_adasplash_fwd_rowmax": ["bound_ptr", "floor_ptr", "local_floor_ptr", "m_ptr", "rel_bound_ptr",
                                   "tile_list_ptr"],
-        "_adasplash_fwd_tau_out": ["out_ptr", "tau_ptr", "tile_list_ptr", "tile_max_ptr"],
+        "_adasplash_fwd_tau_out": ["out_ptr", "tau_ptr", "tile_list_ptr", "tile_max_ptr", "u_value_mean_ptr"],
     }
 
 
@@ -234,9 +245,8 @@ def random_walk_qkv(n, head_dim, dtype):
     return q.to(dtype), k.to(dtype), torch.randn_like(k).to(dtype)
 
 
-@interpret
-def test_folded_output_pass_matches_the_sweeps(monkeypatch):
-    q, k, v = random_walk_qkv(1024, 64, torch.float16)
+def count_folds(monkeypatch):
+    """A list that gets one entry per row block whose output pass folds (interpreter only)."""
     folds = []
     folded_output = forward_module.fold_output
 
@@ -246,16 +256,42 @@ def test_folded_output_pass_matches_the_sweeps(monkeypatch):
 
     # Under the interpreter the kernel resolves its helpers through the module.
     monkeypatch.setattr(forward_module, "fold_output", counting_fold_output)
-    out, tau, tile_max = check_forward(q, k, v, 1.5, True, 64**-0.5, None)
+    return folds
+
+
+@interpret
+def test_folded_output_pass_matches_the_sweeps(monkeypatch):
+    q, k, v = random_walk_qkv(1024, 64, torch.float16)
+    folds = count_folds(monkeypatch)
+    out, tau, tile_max, u_mean = check_forward(q, k, v, 1.5, True, 64**-0.5, None)
     assert len(folds) >= 2, "no row block folded its last sweep into the output pass"
     folds_with_fold = len(folds)
     monkeypatch.setattr(forward_module, "fold_tolerance", lambda alpha, dtype: 0.0)
-    swept_out, swept_tau, swept_tile_max = attention_forward(q, k, v, 1.5, True, 64**-0.5, None)
+    swept_out, swept_tau, swept_tile_max, swept_u_mean = attention_forward(q, k, v, 1.5, True, 64**-0.5, None)
     assert len(folds) == folds_with_fold, "the sweeps-only forward still folded"
     # Same thresholds to well within the sweeps' tolerance, outputs within an fp16 step.
     torch.testing.assert_close(tau, swept_tau, atol=tau_tolerance(1.5, torch.float16), rtol=0)
     torch.testing.assert_close(out, swept_out, atol=2.0**-11, rtol=2.0**-10)
     assert torch.equal(torch.isfinite(tile_max), torch.isfinite(swept_tile_max))
+    # The fold takes u at its estimate t >= tau (adasplash_compile.options): within the
+    # values' rounding of the sweeps' u at tau.
+    torch.testing.assert_close(u_mean, swept_u_mean, atol=2.0**-9, rtol=2.0**-9)
+
+
+@interpret
+def test_folded_forward_gives_the_backward_its_delta(monkeypatch):
+    """The folded pass takes u at its estimate t >= tau for u_value_mean, from which the
+    backward takes DELTA: the gradients still meet fp16's bar against the float64 oracle."""
+    q, k, v = random_walk_qkv(1024, 64, torch.float16)
+    do = torch.randn_like(q)
+    folds = count_folds(monkeypatch)
+    _, tau, tile_max, u_mean = attention_forward(q, k, v, 1.5, True, 64**-0.5, None)
+    assert len(folds) >= 2, "no row block folded its last sweep into the output pass"
+    grads = attention_backward(do, q, k, v, tau, tile_max, u_mean, 1.5, True, 64**-0.5, None)
+    expected = oracle_grads(q, k, v, do, 1.5, True, 64**-0.5, None)
+    for name, g, ref in zip(GRAD_NAMES, grads, expected):
+        err = relative_error(g, ref)
+        assert err <= TOLERANCES[torch.float16]["grad"], f"{name}: relative error {err:.3e}"
 
 
 def test_fold_tolerance_only_for_16_bit_one_half():
@@ -321,7 +357,7 @@ def test_half_precision_alphas(alpha):
 def test_strided_inputs(layout):
     q, k, v = make_qkv(2, 2, 2, 50, 90, 16, torch.float32, layout=layout)
     assert not q.is_contiguous() and not k.is_contiguous()
-    out, _, _ = check_forward(q, k, v, 1.5, True, 0.5, None)
+    out = check_forward(q, k, v, 1.5, True, 0.5, None)[0]
     assert out.stride() == torch.empty_like(q).stride()
 
 
@@ -345,7 +381,7 @@ def test_combined_features(batch, q_heads, kv_heads, n_queries, n_keys, head_dim
 def test_block_sparse_inputs_skip_tiles(alpha):
     # Most 64x64 tiles of P are zero here; the result must not depend on skipping.
     q, k, v = make_qkv(1, 1, 1, 200, 260, 32, torch.float32, sparse=True)
-    out, tau, tile_max = check_forward(q, k, v, alpha, False, 32**-0.5, None)
+    _, tau, tile_max, _ = check_forward(q, k, v, alpha, False, 32**-0.5, None)
     rows = tau.view(-1)
     padded = torch.full((tile_max.shape[2] * TILE_M,), float("inf"))
     padded[: rows.numel()] = rows
@@ -397,7 +433,7 @@ def test_wrap_is_applied_to_every_launch():
         wrapped.append(kernel)
         return kernel
 
-    out, _, _ = attention_forward(q, k, v, 1.5, False, 0.5, None, wrap=wrap)
+    out = attention_forward(q, k, v, 1.5, False, 0.5, None, wrap=wrap)[0]
     assert len(wrapped) == 3  # key summary, max sweep, thresholds and output
     traceable = attention_forward(q, k, v, 1.5, False, 0.5, None, wrap=torch.library.wrap_triton)[0]
     torch.testing.assert_close(out, traceable, atol=0, rtol=0)
@@ -440,11 +476,13 @@ def test_gpu_block_sparse_long(n, alpha, dtype):
     # M = N = 16k: compared with the float64 reference on the GPU (the bisect oracle
     # would need the full M x N matrix on the CPU).
     q, k, v = make_qkv(1, 1, 1, n, n, 128, dtype, sparse=True)
-    out, tau, tile_max = attention_forward(q, k, v, alpha, True, 128**-0.5, None)
-    ref_out, ref_tau, _ = reference.attention_forward(q.double(), k.double(), v.double(), alpha, True, 128**-0.5,
-                                                      None)
+    out, tau, tile_max, u_mean = attention_forward(q, k, v, alpha, True, 128**-0.5, None)
+    ref_out, ref_tau, _, ref_u_mean = reference.attention_forward(q.double(), k.double(), v.double(), alpha, True,
+                                                                  128**-0.5, None)
     err = (out.double() - ref_out).abs().max().item()
     assert err <= TOLERANCES[dtype]["out"], err
+    u_err = (u_mean.double() - ref_u_mean.double()).abs().max().item()
+    assert u_err <= TOLERANCES[dtype]["out"], u_err
     finite = torch.isfinite(ref_tau)
     assert torch.equal(finite, torch.isfinite(tau))
     assert (tau[finite].double() - ref_tau[finite].double()).abs().max().item() <= 1e-4
@@ -502,10 +540,12 @@ def test_gpu_int64_offsets():
     k[:, :, -tail:] = (torch.randn(batch, 1, tail, head_dim, device="cuda") * 2).to(dtype)
     v[:, :, -tail:] = torch.randn(batch, 1, tail, head_dim, device="cuda").to(dtype)
     assert _needs_int64(k)
-    out, tau, tile_max = attention_forward(q, k, v, 1.5, False, 1.0, None)
-    expected, ref_tau, _ = reference.attention_forward(q, k[:, :, -tail:], v[:, :, -tail:], 1.5, False, 1.0, None)
+    out, tau, tile_max, u_mean = attention_forward(q, k, v, 1.5, False, 1.0, None)
+    expected, ref_tau, _, ref_u_mean = reference.attention_forward(q, k[:, :, -tail:], v[:, :, -tail:], 1.5, False,
+                                                                   1.0, None)
     assert (ref_tau > 0).all(), "zero keys (z = 0) must stay outside the support"
     assert (out.double() - expected.double()).abs().max().item() <= TOLERANCES[dtype]["out"]
+    assert (u_mean.double() - ref_u_mean.double()).abs().max().item() <= TOLERANCES[dtype]["out"]
     torch.testing.assert_close(tau, ref_tau, atol=1e-4, rtol=1e-5)
     # tile_max, written past element 2^31 of its batch too: -inf on the zero keys (z = 0
     # < tau, no nonzero of P), and the largest z of the block among the tail's tiles.
@@ -520,9 +560,10 @@ def test_strided_and_huge_seqlens_are_read_correctly():
     q, k, v = make_qkv(3, 2, 1, 70, 70, 16, torch.float32)
     lengths = torch.tensor([[40, -1], [2**40, -1], [0, -1]], dtype=torch.int64)[:, 0]
     assert not lengths.is_contiguous()
-    out, _, _ = attention_forward(q, k, v, 1.5, True, 0.25, lengths)
-    expected, _, _ = reference.attention_forward(q, k, v, 1.5, True, 0.25, torch.tensor([40, 70, 0]))
+    out, _, _, u_mean = attention_forward(q, k, v, 1.5, True, 0.25, lengths)
+    expected, _, _, ref_u_mean = reference.attention_forward(q, k, v, 1.5, True, 0.25, torch.tensor([40, 70, 0]))
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(u_mean, ref_u_mean, rtol=0, atol=1e-5)
 
 
 @gpu
@@ -532,6 +573,7 @@ def test_gpu_autotuned_launch_matches_default():
     tuned = attention_forward(q, k, v, 1.5, True, 0.125, None, autotune=True)
     torch.testing.assert_close(tuned[0], default[0], rtol=0, atol=2e-2)
     torch.testing.assert_close(tuned[1], default[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tuned[3], default[3], rtol=0, atol=2e-2)
     # Tile records agree wherever a tile is clearly inside or outside the support.
     check_tile_max(tuned[2], q, k, tuned[1], 1.5, True, 0.125, None)
 

@@ -136,13 +136,13 @@ def test_dense_blocks_start_low_and_reopen_rows_above_the_low_bracket(monkeypatc
     # Under the interpreter the kernel resolves its helpers through the module.
     monkeypatch.setattr(forward_module, "starts_low", rule_at_four_times_the_keys)
     monkeypatch.setattr(forward_module, "reopen_above", recording_reopen)
-    out, tau, tile_max = check_forward(q, k, v, 1.5, True, scale, None)
+    out, tau, tile_max, _ = check_forward(q, k, v, 1.5, True, scale, None)
     assert sum(decisions) >= 8, f"only {sum(decisions)} of {len(decisions)} dense row blocks started low"
     assert sum(r > 0 for r in reopened_rows) >= 4, reopened_rows
 
     monkeypatch.setattr(forward_module, "starts_low",
                         lambda lo, hi, local_lo, n_keys, active: rule.fn(lo, hi, lo, n_keys, active))
-    plain_out, plain_tau, plain_tile_max = attention_forward(q, k, v, 1.5, True, scale, None)
+    plain_out, plain_tau, plain_tile_max, _ = attention_forward(q, k, v, 1.5, True, scale, None)
     torch.testing.assert_close(tau, plain_tau, atol=tau_tolerance(1.5, torch.float16), rtol=0)
     torch.testing.assert_close(out, plain_out, atol=2.0**-11, rtol=2.0**-10)
     assert torch.equal(torch.isfinite(tile_max), torch.isfinite(plain_tile_max))

@@ -37,15 +37,15 @@ def make_inputs(q_heads, kv_heads, n_queries, n_keys, head_dim, dtype, layout="b
 
 
 def run_both(q, k, v, do, is_causal, seqlens, forward_configs, backward_configs):
-    """((out, tau, tile_max), gradients) at alpha = 1.5 under each (forward config,
-    backward config) pair."""
+    """((out, tau, tile_max, u_value_mean), gradients) at alpha = 1.5 under each (forward
+    config, backward config) pair."""
     scale = q.shape[-1] ** -0.5
     results = []
     for forward_config, backward_config_ in zip(forward_configs, backward_configs):
-        out, tau, tile_max = attention_forward(q, k, v, 1.5, is_causal, scale, seqlens, config=forward_config)
-        grads = attention_backward(do, q, k, v, tau, tile_max, 1.5, is_causal, scale, seqlens,
+        outputs = attention_forward(q, k, v, 1.5, is_causal, scale, seqlens, config=forward_config)
+        grads = attention_backward(do, q, k, v, *outputs[1:], 1.5, is_causal, scale, seqlens,
                                    config=backward_config_)
-        results.append(((out, tau, tile_max), grads))
+        results.append((outputs, grads))
     return results
 
 
@@ -100,10 +100,12 @@ def test_mutation_analysis_of_the_descriptor_path_reports_only_outputs(suite):
         "attention_forward(q, k, k.clone(), 1.5, True, 0.125, None, config=config, wrap=Capture)\n"
         "tau = torch.zeros(1, 2, 70)\n"
         "tile_max = torch.zeros(1, 2, 3, 4)\n"
-        "attention_backward(q.clone(), q, k, k.clone(), tau, tile_max, 1.5, True, 0.125, None,\n"
+        "u_mean = torch.zeros(1, 2, 70, 64)\n"
+        "attention_backward(q.clone(), q, k, k.clone(), tau, tile_max, u_mean, 1.5, True, 0.125, None,\n"
         "                   config=backward_config(64, torch.bfloat16)._replace(tma=True), wrap=Capture)\n"
     )
-    assert writes["_adasplash_fwd_tau_out"] == ["out_ptr", "tau_ptr", "tile_list_ptr", "tile_max_ptr"]
+    assert writes["_adasplash_fwd_tau_out"] == ["out_ptr", "tau_ptr", "tile_list_ptr", "tile_max_ptr",
+                                                "u_value_mean_ptr"]
     assert writes["_adasplash_bwd_dq"] == ["delta_ptr", "dq_ptr"]
     assert writes["_adasplash_bwd_dkdv"] == ["dk_ptr", "dv_ptr"]
 
@@ -133,7 +135,7 @@ def test_interpret_descriptor_path_is_bitwise_the_pointer_path(q_heads, kv_heads
     )
     assert_bitwise_equal(pointer, descriptor)
     # And both are right: the output against the reference forward.
-    expected, _, _ = reference.attention_forward(q, k, v, 1.5, is_causal, head_dim ** -0.5, seqlens)
+    expected = reference.attention_forward(q, k, v, 1.5, is_causal, head_dim ** -0.5, seqlens)[0]
     torch.testing.assert_close(descriptor[0][0].float(), expected.float(), atol=2e-3, rtol=0)
 
 

@@ -92,20 +92,21 @@ class GraphModule(torch.nn.Module):
         attention_fwd = torch.ops.adasplash.attention_fwd.default(primals_1, primals_2, primals_3, 1.5, True, 0.35355339059327373, None)
         getitem: "f32[1, 2, 10, 8]" = attention_fwd[0]
         getitem_1: "f32[1, 2, 10]" = attention_fwd[1]
-        getitem_2: "f32[1, 2, 2, 2]" = attention_fwd[2];  attention_fwd = None
-        return (getitem, primals_1, primals_2, primals_3, getitem_1, getitem_2)
+        getitem_2: "f32[1, 2, 2, 2]" = attention_fwd[2]
+        getitem_3: "f32[1, 2, 10, 8]" = attention_fwd[3];  attention_fwd = None
+        return (getitem, primals_1, primals_2, primals_3, getitem_1, getitem_2, getitem_3)
 """,
         )
         self.assertExpectedInline(
             graphs[1],
             """\
 class GraphModule(torch.nn.Module):
-    def forward(self, primals_1: "f32[1, 2, 10, 8]", primals_2: "f32[1, 2, 10, 8]", primals_3: "f32[1, 2, 10, 8]", getitem_1: "f32[1, 2, 10]", getitem_2: "f32[1, 2, 2, 2]", tangents_1: "f32[1, 2, 10, 8]"):
-        attention_bwd = torch.ops.adasplash.attention_bwd.default(tangents_1, primals_1, primals_2, primals_3, getitem_1, getitem_2, 1.5, True, 0.35355339059327373, None);  tangents_1 = primals_1 = primals_2 = primals_3 = getitem_1 = getitem_2 = None
-        getitem_3: "f32[1, 2, 10, 8]" = attention_bwd[0]
-        getitem_4: "f32[1, 2, 10, 8]" = attention_bwd[1]
-        getitem_5: "f32[1, 2, 10, 8]" = attention_bwd[2];  attention_bwd = None
-        return (getitem_3, getitem_4, getitem_5)
+    def forward(self, primals_1: "f32[1, 2, 10, 8]", primals_2: "f32[1, 2, 10, 8]", primals_3: "f32[1, 2, 10, 8]", getitem_1: "f32[1, 2, 10]", getitem_2: "f32[1, 2, 2, 2]", getitem_3: "f32[1, 2, 10, 8]", tangents_1: "f32[1, 2, 10, 8]"):
+        attention_bwd = torch.ops.adasplash.attention_bwd.default(tangents_1, primals_1, primals_2, primals_3, getitem_1, getitem_2, getitem_3, 1.5, True, 0.35355339059327373, None);  tangents_1 = primals_1 = primals_2 = primals_3 = getitem_1 = getitem_2 = getitem_3 = None
+        getitem_4: "f32[1, 2, 10, 8]" = attention_bwd[0]
+        getitem_5: "f32[1, 2, 10, 8]" = attention_bwd[1]
+        getitem_6: "f32[1, 2, 10, 8]" = attention_bwd[2];  attention_bwd = None
+        return (getitem_4, getitem_5, getitem_6)
 """,
         )
 
