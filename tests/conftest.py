@@ -4,12 +4,33 @@ Without CUDA, TRITON_INTERPRET=1 is set before anything imports Triton, so tests
 marked ``interpret`` run the real kernels on CPU tensors through Triton's
 interpreter. With CUDA the kernels are compiled for the GPU instead, so the
 ``interpret`` tests skip there and the ``gpu`` tests run.
+
+Each session compiles into an Inductor cache of its own (TORCHINDUCTOR_CACHE_DIR, unless
+set): AOTAutograd's cache key holds the graph Dynamo traced, which names our ops but not
+their schema or autograd formula, so a cache left by an earlier version of this code
+replays a backward that calls attention_bwd with the old arguments (seen when
+attention_fwd gained its u_value_mean output). On CUDA the kernels' sources join the key
+(lowering/decomposition.py); the CPU reference path has nothing that could.
 """
 
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
+
+# xdist workers inherit the controller's folder, which removes it at the end.
+_INDUCTOR_CACHE = None
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _INDUCTOR_CACHE = tempfile.mkdtemp(prefix="adasplash-tests-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE
+
+
+def pytest_unconfigure(config):
+    if _INDUCTOR_CACHE is not None:
+        shutil.rmtree(_INDUCTOR_CACHE, ignore_errors=True)
+
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:

@@ -279,19 +279,26 @@ def test_folded_output_pass_matches_the_sweeps(monkeypatch):
 
 
 @interpret
-def test_folded_forward_gives_the_backward_its_delta(monkeypatch):
-    """The folded pass takes u at its estimate t >= tau for u_value_mean, from which the
-    backward takes DELTA: the gradients still meet fp16's bar against the float64 oracle."""
+@pytest.mark.parametrize("key_offset, dq_bar", [(0.0, 2.5e-3), (4.0, 1e-2)])
+def test_folded_forward_gives_the_backward_its_delta(monkeypatch, key_offset, dq_bar):
+    """The folded pass takes u at its estimate t >= tau, rounded to fp16 for its product,
+    for u_value_mean, from which the backward takes DELTA. Where DELTA is off, sum_j dS_j
+    is not 0 and dQ moves by that times the keys' mean, so the keys here also share an
+    offset of 0 or 4 times their norm (P does not change). The dQ kernel that learned
+    DELTA itself was 1.1e-3 and 4.5e-3 off the float64 oracle here, DELTA from the forward
+    1.5e-3 and 6.5e-3, about fp16's rounding of dS; dK and dV (3e-4) do not move."""
     q, k, v = random_walk_qkv(1024, 64, torch.float16)
     do = torch.randn_like(q)
+    offset = key_offset * 64**0.5 * torch.nn.functional.normalize(torch.randn(64), dim=0)
+    k = (k.float() + offset).to(torch.float16)
     folds = count_folds(monkeypatch)
     _, tau, tile_max, u_mean = attention_forward(q, k, v, 1.5, True, 64**-0.5, None)
     assert len(folds) >= 2, "no row block folded its last sweep into the output pass"
     grads = attention_backward(do, q, k, v, tau, tile_max, u_mean, 1.5, True, 64**-0.5, None)
     expected = oracle_grads(q, k, v, do, 1.5, True, 64**-0.5, None)
-    for name, g, ref in zip(GRAD_NAMES, grads, expected):
+    for name, g, ref, bar in zip(GRAD_NAMES, grads, expected, (dq_bar, 6e-4, 6e-4)):
         err = relative_error(g, ref)
-        assert err <= TOLERANCES[torch.float16]["grad"], f"{name}: relative error {err:.3e}"
+        assert err <= bar, f"{name}: relative error {err:.3e} > {bar:.1e}"
 
 
 def test_fold_tolerance_only_for_16_bit_one_half():
