@@ -153,11 +153,12 @@ def test_interpret_matches_oracle_fp16(shape, alpha, is_causal):
 @pytest.mark.parametrize("alpha, is_causal", [(1.5, False), (1.25, True), (2.0, False)])
 def test_interpret_dq_near_constant_values(alpha, is_causal):
     """Values nearly equal across keys: dP is then nearly DELTA, and dS = u (dP - DELTA)
-    is small next to u dP. The dQ kernel takes DELTA from the forward's u_value_mean
-    before its sweep and centres dP at it before rounding dS to fp16. Rounding u dP
-    instead and subtracting DELTA sum_j u K at the end loses a factor |dP| / |dP - DELTA|
-    (about 100 here) of relative accuracy: dQ's error was 2.7e-2 to 3.6e-2 that way,
-    against 3e-4."""
+    is small next to u dP. The dQ kernel centres dP at DELTA before rounding dS to fp16:
+    at alpha = 1.5 DELTA comes from the forward's u_value_mean before the sweep; other
+    alphas learn it over the tiles seen so far and re-centre the sum as it moves. Rounding
+    u dP instead and subtracting DELTA sum_j u K at the end loses a factor
+    |dP| / |dP - DELTA| (about 100 here) of relative accuracy: dQ's error was 2.7e-2 to
+    3.6e-2 that way, against 3e-4."""
     q, k, v, do = make_inputs(1, 2, 2, 257, 257, 64, torch.float32)
     v = 1.0 + 0.01 * v
     q, k, v, do = (t.to(torch.float16) for t in (q, k, v, do))
