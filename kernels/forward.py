@@ -113,7 +113,9 @@ start first and the short ones fill in at the end. Outputs bitwise the same; for
 bf16, D = 128, mid, high and dense at N = 8192 and 32768, same process).
 
 Compiled for sm_90 (bf16, D = 128, default config; triton 3.6 ptxas): the max sweep uses
-125 registers and 49 KB of shared memory without spills, so four programs (16 warps)
+128 registers (offline builds of d9d89f3 and of today's kernel, with the launcher's
+arguments at N = 2000 to 32768; 125 was reported at d9d89f3) and 49 KB of shared memory
+without spills, so four programs (16 warps)
 share an SM; the output kernel 255 registers and 113 KB with descriptors and three
 stages (32 bytes of stack; 82 KB and 80 bytes with pointer loads and two), two programs.
 Neither is bound by a pipe. ncu on the H100 (mid, N = 32768): the output
