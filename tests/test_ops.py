@@ -82,6 +82,35 @@ def test_double_backward_is_refused_not_wrong():
         grad_q.sum().backward()
 
 
+def _zero_fills_during_backward(forward):
+    """Sizes of the aten::zeros calls while autograd runs attention_fwd's backward, and the
+    shapes of forward's (out, tau, tile_max, u_value_mean)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    q = torch.randn(1, 2, 5, 8, requires_grad=True)
+    k, v = (torch.randn(1, 2, 7, 8, requires_grad=True) for _ in range(2))
+    outputs = forward(q, k, v)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        torch.autograd.grad(outputs[0], (q, k, v), torch.randn_like(outputs[0]))
+    sizes = [tuple(event.concrete_inputs[0]) for event in prof.events() if event.name == "aten::zeros"]
+    return sizes, [tuple(t.shape) for t in outputs]
+
+
+@pytest.mark.parametrize("path", ["plain", "op"])
+def test_backward_gets_no_zero_gradients_for_the_forward_state(path):
+    # Autograd would otherwise allocate and fill zeros for tau, tile_max and u_value_mean
+    # on every backward (u_value_mean's: 256 MiB at B=1, H=16, N=32768, D=128).
+    if path == "plain":
+        def forward(q, k, v):
+            return adasplash_compile.eager.attention(q, k, v, 1.5, False, 0.3, None)
+    else:
+        def forward(q, k, v):
+            return torch.ops.adasplash.attention_fwd(q, k, v, 1.5, False, 0.3, None)
+    sizes, shapes = _zero_fills_during_backward(forward)
+    assert shapes[1:] == [(1, 2, 5), (1, 2, 2, 2), (1, 2, 5, 8)]
+    assert not set(shapes[1:]) & set(sizes), f"zeros of sizes {sizes} for the forward state"
+
+
 def test_forward_outputs_follow_the_contract():
     q, k, v = (torch.randn(1, 2, 70, 8) for _ in range(3))
     outputs = torch.ops.adasplash.attention_fwd(q, k, v, 1.5, True, 0.3, None)
