@@ -181,6 +181,15 @@ BACKWARD_CANDIDATES = [
     (32, 64, 4, 2, 32, 64, 4, 2),
     (64, 64, 8, 2, 128, 64, 8, 2),
     (128, 64, 8, 2, 64, 64, 8, 2),
+    # One kernel varied, the other at the default (4 warps, 2 stages, 64 x 64): the
+    # backward's time is the sum of the two kernels', so these tell which one moved.
+    (64, 64, 4, 3, 64, 64, 4, 2),
+    (128, 64, 8, 2, 64, 64, 4, 2),
+    (128, 64, 8, 3, 64, 64, 4, 2),
+    (64, 32, 4, 3, 64, 64, 4, 2),
+    (64, 64, 4, 2, 64, 64, 4, 3),
+    (64, 64, 4, 2, 128, 64, 8, 2),
+    (64, 64, 4, 2, 64, 32, 4, 3),
 ]
 
 
