@@ -153,7 +153,7 @@ def attention_forward(query, key, value, alpha, is_causal, scale, seqlens):
     tile_max = query.new_full(
         (batch, q_heads, *tile_grid(n_queries, n_keys)), float("-inf"), dtype=torch.float32
     )
-    u_value_mean = query.new_empty((batch, q_heads, n_queries, query.shape[3]), dtype=torch.float32)
+    u_value_mean = query.new_zeros((batch, q_heads, n_queries, query.shape[3]), dtype=torch.float32)
     chunk = _row_chunk(batch * q_heads, n_keys, n_queries)
     for start in range(0, n_queries, chunk):
         rows = torch.arange(start, min(start + chunk, n_queries), device=query.device)
@@ -164,8 +164,6 @@ def attention_forward(query, key, value, alpha, is_causal, scale, seqlens):
         tau[:, :, rows] = tau_chunk.squeeze(-1).to(torch.float32)
         if alpha == 1.5:
             u_value_mean[:, :, rows] = _u_weighted_mean(p, v, alpha).to(torch.float32)
-        else:
-            u_value_mean[:, :, rows] = 0.0
         chunk_tiles = _tile_maxima(torch.where(z > tau_chunk, z, float("-inf"))).to(torch.float32)
         tile_max[:, :, start // TILE_M :][:, :, : chunk_tiles.shape[2], : chunk_tiles.shape[3]] = chunk_tiles
     return out, tau, tile_max, u_value_mean
