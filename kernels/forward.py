@@ -79,12 +79,19 @@ one program per (Z, H, BLOCK_M rows):
      sweep and 803 for later ones, against 703 and 949 with a scale per entry and a
      subtract and max per entry and edge (SASS, unmasked path). The max moved off
      the ALU pipe, which had bound the sweeps (724 of its cycles against 492 on the
-     FMA pipe per counted tile, at half the issue rate).
+     FMA pipe per counted tile, at half the issue rate). Each row's sums then stay
+     spread over the four threads of its quad until the sweep ends
+     (``tau_accumulate_lanes``): the loop body, masked path included, went from 685 to
+     581 instructions per tile and thread without counts and from 945 to 788 with
+     them, and the forward got 4.5-7.6% faster (mid and dense at N = 8192 and 32768,
+     high at 32768; H100, same process; the outputs moved by at most 2e-3 on mid and
+     7.8e-3 on dense, tau by at most 1.7e-5, under bf16's tau_tol of 2^-15 = 3e-5).
    - output: p = [z - TAU]_+^INV up to a constant factor (``half_tail_gap`` again),
-     acc += p.V, l += sum p, out = acc / l (0 where l = 0), over the tiles where
-     some row group has bound > min TAU and rel_bound > min (TAU - m) over its rows;
-     each visited tile writes its tile_max, so the backward visits exactly the
-     tiles holding a nonzero of P. For alpha = 1.5 a second product per tile,
+     acc += p.V, l += sum p (lane partial sums, as the sweeps': its loop body from 592
+     to 534 instructions folded, 534 to 509 plain), out = acc / l (0 where l = 0), over
+     the tiles where some row group has bound > min TAU and rel_bound > min (TAU - m)
+     over its rows; each visited tile writes its tile_max, so the backward visits
+     exactly the tiles holding a nonzero of P. For alpha = 1.5 a second product per tile,
      sum h.V with h = p^(1/2) up to a factor, gives u_value_mean
      (adasplash_compile.options), from which the backward takes DELTA in place of a
      fourth product per tile in its dQ kernel.
@@ -133,8 +140,9 @@ kernel, the forward gained 2% at N = 32768 and lost 2-5% at N = 8192; split agai
 the fold (sweeps at 168 registers, three programs per SM; outputs bitwise equal), it was
 1.7% slower at mid 32768 and 6% at mid 8192, so it stays one kernel: at two programs per
 SM the sweeps are bound by the instructions they issue, not by latency. Per tile and
-thread (SASS, unmasked path) a sweep issues 558 instructions, 804 with counts, of which
-248 FFMA and 96 FADD are the per-entry statistics and 243 the counts; reading the next
+thread (SASS, unmasked path, before the lane sums) a sweep issued 558 instructions, 804
+with counts, of which 248 FFMA and 96 FADD were the per-entry statistics and 243 the
+counts; reading the next
 tile index a step early, as the backward does, left the forward 0-1.5% slower, and with the
 max sweep's loop too it moved by -1.5% to +0.4%, within a run's spread. Skipping
 the PV products of output-pass tiles that turn out to hold no nonzero (a branch on their
@@ -188,12 +196,17 @@ from adasplash_compile.kernels.masking import (
     visible_tile,
 )
 from adasplash_compile.kernels.tau import (
+    STAT_LANES,
     TAU_TOL,
     alpha_mode,
     entmax_power,
     half_tail_gap,
+    lane_sums,
     positive_count,
+    lane_statistics,
+    lane_totals,
     tau_accumulate,
+    tau_accumulate_lanes,
     tau_init,
     tau_tolerance,
     tau_update,
@@ -671,16 +684,28 @@ def threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shif
     """One threshold sweep over the n_listed tiles of list_ptr (``list_active_tiles``), the
     first n_unmasked of them without a mask: their tail statistics, then ``tau_update``.
     Returns (lo, hi, tau', active)."""
-    stat_f = tl.zeros([offs_m.shape[0], NBINS], tl.float32)
-    stat_g = tl.zeros([offs_m.shape[0], NBINS], tl.float32)
-    stat_c = tl.zeros([offs_m.shape[0], NBINS], tl.int32)
+    # Unrolled edges keep lane statistics (kernels/tau.py ``tau_accumulate_lanes``).
+    LANES: tl.constexpr = EDGE_UNROLL >= NBINS
+    if LANES:
+        stats = lane_statistics(offs_m.shape[0], NBINS)
+    else:
+        stats = (tl.zeros([offs_m.shape[0], NBINS], tl.float32), tl.zeros([offs_m.shape[0], NBINS], tl.float32),
+                 tl.zeros([offs_m.shape[0], NBINS], tl.int32))
     for i in range(0, n_listed):
         start_n = tl.load(list_ptr + (i + LIST_HEAD) * stride_ln) * BLOCK_N
         # Unscaled: tau_accumulate folds qk_scale into its one multiply-add per entry and edge.
         qk = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
                         stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, KV_TMA)
-        stat_f, stat_g, stat_c = tau_accumulate(qk, qk_scale, m_shift, lo, hi, stat_f, stat_g, stat_c, inv, NBINS,
-                                                ALPHA_MODE, EDGE_UNROLL, COUNTS, False)
+        if LANES:
+            stats = tau_accumulate_lanes(qk, qk_scale, m_shift, lo, hi, stats, inv, NBINS, ALPHA_MODE, COUNTS, False)
+        else:
+            stat_f, stat_g, stat_c = stats
+            stats = tau_accumulate(qk, qk_scale, m_shift, lo, hi, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE,
+                                   EDGE_UNROLL, COUNTS, False)
+    if LANES:
+        stat_f, stat_g, stat_c = lane_totals(stats, NBINS)
+    else:
+        stat_f, stat_g, stat_c = stats
     return tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, m_shift, inv, NBINS, ALPHA_MODE, tau_tol, COUNTS)
 
 
@@ -807,9 +832,10 @@ def output_pass(q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, 
                                              first_masked, group_min(tau), group_min(tau_shifted), SCAN)
     acc = tl.zeros([offs_m.shape[0], BLOCK_D], tl.float32)
     acc_u = tl.zeros([offs_m.shape[0], BLOCK_D], tl.float32)
-    l_i = tl.zeros([offs_m.shape[0]], tl.float32)
-    u_sum = tl.zeros([offs_m.shape[0]], tl.float32)
-    count = tl.zeros([offs_m.shape[0]], tl.int32)
+    # Partial row sums (lane_sums), added up after the loop.
+    l_i = tl.zeros([offs_m.shape[0], STAT_LANES], tl.float32)
+    u_sum = tl.zeros([offs_m.shape[0], STAT_LANES], tl.float32)
+    count = tl.zeros([offs_m.shape[0], STAT_LANES], tl.int32)
     for i in range(0, n_listed):
         tile_n = tl.load(list_ptr + (i + LIST_HEAD) * stride_ln)
         start_n = tile_n * BLOCK_N
@@ -824,7 +850,7 @@ def output_pass(q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, 
         if ALPHA_MODE == 0:
             gap = gap + gap
         p = entmax_power(gap, inv, ALPHA_MODE)
-        l_i += tl.sum(p, 1)
+        l_i += lane_sums(p)
         # A row's largest z among its nonzeros is its largest z, if that one is nonzero:
         # one max per entry instead of a compare, a select and a max. Scaling by
         # qk_scale > 0 commutes with the max, rounding included.
@@ -835,11 +861,11 @@ def output_pass(q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, 
                          KV_TMA, False)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
         if ALPHA_MODE == 1:
-            u_sum += tl.sum(gap, 1)
+            u_sum += lane_sums(gap)
             acc_u = tl.dot(gap.to(v.dtype), v, acc_u, input_precision=DOT_PRECISION)
             if FOLD:
-                count += positive_count(gap)
-    return acc, acc_u, l_i, u_sum, count
+                count += positive_count(gap, True)
+    return acc, acc_u, tl.sum(l_i, 1), tl.sum(u_sum, 1), tl.sum(count, 1)
 
 
 @triton.jit

@@ -1,7 +1,8 @@
 """Threshold helpers (kernels/tau.py), sweep by sweep, against float64 math.
 
-A small test kernel runs tau_init, then MAX_SWEEPS rounds of tau_accumulate and
-tau_update over rows held in registers, recording (lo, hi, tau', active) after every
+A small test kernel runs tau_init, then MAX_SWEEPS rounds of tau_accumulate (or
+tau_accumulate_lanes, as the attention forward's sweeps) and tau_update over rows held
+in registers, recording (lo, hi, tau', active) after every
 sweep. The checks are the invariants the attention and entmax kernels rely on:
 the bracket always holds the root (f(lo) >= 0 >= f(hi) up to rounding), it shrinks,
 rows leave ``active`` only when their estimate is final, and the final tau matches
@@ -14,7 +15,19 @@ import triton
 import triton.language as tl
 
 from adasplash_compile import reference
-from adasplash_compile.kernels.tau import TAU_TOL, alpha_mode, half_tail_gap, tau_accumulate, tau_init, tau_update
+from adasplash_compile.kernels.tau import (
+    STAT_LANES,
+    TAU_TOL,
+    alpha_mode,
+    half_tail_gap,
+    lane_statistics,
+    lane_sums,
+    lane_totals,
+    tau_accumulate,
+    tau_accumulate_lanes,
+    tau_init,
+    tau_update,
+)
 from tests.conftest import BOTH_BACKENDS, DEVICE
 
 pytestmark = BOTH_BACKENDS
@@ -23,11 +36,12 @@ pytestmark = BOTH_BACKENDS
 @triton.jit
 def _tau_trace(z_ptr, trace_ptr, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: tl.constexpr,
                ALPHA_MODE: tl.constexpr, NBINS: tl.constexpr, MAX_SWEEPS: tl.constexpr, TAU_TOL: tl.constexpr,
-               BASE: tl.constexpr, FIRST_COUNTS: tl.constexpr, TOP_SLOPE: tl.constexpr):
+               BASE: tl.constexpr, FIRST_COUNTS: tl.constexpr, TOP_SLOPE: tl.constexpr, LANES: tl.constexpr):
     """trace[s, k, r] for sweep s (0 = after tau_init), k in (lo, hi, tau', active), row r.
 
     BASE: the sweeps take raw z and the row max as base (as the attention forward does),
-    else pre-shifted scores and base 0. FIRST_COUNTS: whether sweep 1 takes counts."""
+    else pre-shifted scores and base 0. FIRST_COUNTS: whether sweep 1 takes counts.
+    LANES: tau_accumulate_lanes and lane_totals instead of tau_accumulate."""
     rows = tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_L)
     z = tl.load(z_ptr + rows[:, None] * L + cols[None, :], mask=cols[None, :] < L, other=float("-inf"))
@@ -46,12 +60,17 @@ def _tau_trace(z_ptr, trace_ptr, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: tl.
     tl.store(trace_ptr + 2 * ROWS + rows, tau)
     tl.store(trace_ptr + 3 * ROWS + rows, active.to(tl.float32))
     for sweep in tl.static_range(1, MAX_SWEEPS + 1):
-        stat_f = tl.zeros([ROWS, NBINS], tl.float32)
-        stat_g = tl.zeros([ROWS, NBINS], tl.float32)
-        stat_c = tl.zeros([ROWS, NBINS], tl.int32)
         # sweep is a constexpr (static_range), so the counts flag is one per sweep.
-        stat_f, stat_g, stat_c = tau_accumulate(y, 1.0, base, lo, hi, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE, 1,
-                                                FIRST_COUNTS or sweep > 1, TOP_SLOPE)
+        if LANES:
+            stats = tau_accumulate_lanes(y, 1.0, base, lo, hi, lane_statistics(ROWS, NBINS), inv, NBINS, ALPHA_MODE,
+                                         FIRST_COUNTS or sweep > 1, TOP_SLOPE)
+            stat_f, stat_g, stat_c = lane_totals(stats, NBINS)
+        else:
+            stat_f = tl.zeros([ROWS, NBINS], tl.float32)
+            stat_g = tl.zeros([ROWS, NBINS], tl.float32)
+            stat_c = tl.zeros([ROWS, NBINS], tl.int32)
+            stat_f, stat_g, stat_c = tau_accumulate(y, 1.0, base, lo, hi, stat_f, stat_g, stat_c, inv, NBINS,
+                                                    ALPHA_MODE, 1, FIRST_COUNTS or sweep > 1, TOP_SLOPE)
         lo, hi, tau, active = tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, base, inv, NBINS, ALPHA_MODE,
                                          TAU_TOL, FIRST_COUNTS or sweep > 1)
         out = trace_ptr + sweep * 4 * ROWS
@@ -82,18 +101,37 @@ def test_half_tail_gap_is_half_the_clamped_gap_and_never_negative_zero(backend):
     assert (h > 0).sum().item() == (expected > 0).sum().item()
 
 
-# (BASE, FIRST_COUNTS, TOP_SLOPE): the entmax kernel's sweeps, and the attention forward's.
-ENTMAX_SWEEPS = (False, True, True)
-ATTENTION_SWEEPS = (True, False, False)
+@triton.jit
+def _lane_sums(x_ptr, out_ptr, ROWS: tl.constexpr, COLS: tl.constexpr):
+    x = tl.load(x_ptr + tl.arange(0, ROWS)[:, None] * COLS + tl.arange(0, COLS)[None, :])
+    tl.store(out_ptr + tl.arange(0, ROWS)[:, None] * STAT_LANES + tl.arange(0, STAT_LANES)[None, :], lane_sums(x))
+
+
+@pytest.mark.parametrize("cols", [64, 16, 4])
+def test_lane_sums_put_each_column_pair_in_its_slot(cols, backend):
+    # Small integers: every order of additions gives the exact sums.
+    x = torch.randint(-8, 9, (16, cols)).float()
+    out = torch.empty(16, STAT_LANES.value, device=DEVICE)
+    _lane_sums[(1,)](x.to(DEVICE), out, ROWS=16, COLS=cols)
+    lanes = STAT_LANES.value
+    slot = (torch.arange(cols) // 2) % lanes if cols % (2 * lanes) == 0 else torch.zeros(cols, dtype=torch.long)
+    expected = torch.zeros(16, lanes).index_add_(1, slot, x)
+    assert torch.equal(out.cpu(), expected)
+
+
+# (BASE, FIRST_COUNTS, TOP_SLOPE, LANES): the entmax kernel's sweeps, and the attention forward's.
+ENTMAX_SWEEPS = (False, True, True, False)
+ATTENTION_SWEEPS = (True, False, False, True)
 
 
 def trace_tau(z, alpha, nbins=8, sweeps=5, variant=ENTMAX_SWEEPS):
     rows, length = z.shape
     trace = torch.empty(sweeps + 1, 4, rows, device=z.device)
-    base, first_counts, top_slope = variant
+    base, first_counts, top_slope, lanes = variant
     _tau_trace[(1,)](z.contiguous(), trace, length, alpha, 1.0 / (alpha - 1.0), ROWS=rows,
                      BLOCK_L=triton.next_power_of_2(length), ALPHA_MODE=alpha_mode(alpha), NBINS=nbins,
-                     MAX_SWEEPS=sweeps, TAU_TOL=TAU_TOL, BASE=base, FIRST_COUNTS=first_counts, TOP_SLOPE=top_slope)
+                     MAX_SWEEPS=sweeps, TAU_TOL=TAU_TOL, BASE=base, FIRST_COUNTS=first_counts, TOP_SLOPE=top_slope,
+                     LANES=lanes)
     lo, hi, tau, active = trace.unbind(1)
     return lo, hi, tau, active > 0
 
