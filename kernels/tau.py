@@ -337,8 +337,9 @@ def tau_accumulate_lanes(z, scale, base, lo, hi, stats, inv, NBINS: tl.constexpr
     per tile and statistic takes, and the selects that placed each edge's sums in a
     (ROWS, NBINS) tensor whose edges lay across the quad's threads: 685 -> 581
     instructions for a sweep without counts, 945 -> 788 with counts. The sums are separate
-    tensors, not one (ROWS, STAT_LANES, NBINS) tensor, which triton 3.6 gave a layout that
-    sent every score tile through shared memory.
+    tensors: one (ROWS, STAT_LANES, NBINS) tensor, tried with an earlier form of
+    ``lane_sums``, got a layout from triton 3.6 that sent every score tile through shared
+    memory.
     """
     stat_f, stat_g, stat_c = stats
     width = hi - lo
