@@ -204,15 +204,12 @@ def positive_count(h, LANES: tl.constexpr):
     exactly where h > 0, one integer min and add per entry, where a sum of (h > 0) cast to
     int32 compiled to bit packing, about five instructions, and an unsigned min to compares
     and selects (sm_90, triton 3.6)."""
-    positive = tl.minimum(h.to(tl.int32, bitcast=True), 1)
-    if LANES:
-        return lane_sums(positive)
-    else:
-        return tl.sum(positive, 1)
+    return _row_sums(tl.minimum(h.to(tl.int32, bitcast=True), 1), LANES)
 
 
 @triton.jit
 def _row_sums(x, LANES: tl.constexpr):
+    """Row sums of x (ROWS, COLS): (ROWS,), or with LANES ``lane_sums`` partials."""
     if LANES:
         return lane_sums(x)
     else:
