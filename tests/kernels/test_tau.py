@@ -1,8 +1,8 @@
 """Threshold helpers (kernels/tau.py), sweep by sweep, against float64 math.
 
 A small test kernel runs tau_init, then MAX_SWEEPS rounds of tau_accumulate (or
-tau_accumulate_lanes, as the attention forward's sweeps) and tau_update over rows held
-in registers, recording (lo, hi, tau', active) after every
+tau_accumulate_lanes, as the attention forward's sweeps) and tau_update over rows streamed
+in chunks (on the GPU, of one key tile each), recording (lo, hi, tau', active) after every
 sweep. The checks are the invariants the attention and entmax kernels rely on:
 the bracket always holds the root (f(lo) >= 0 >= f(hi) up to rounding), it shrinks,
 rows leave ``active`` only when their estimate is final, and the final tau matches
@@ -34,50 +34,70 @@ pytestmark = BOTH_BACKENDS
 
 
 @triton.jit
-def _tau_trace(z_ptr, trace_ptr, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: tl.constexpr,
+def _tau_trace(z_ptr, trace_ptr, R, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: tl.constexpr,
                ALPHA_MODE: tl.constexpr, NBINS: tl.constexpr, MAX_SWEEPS: tl.constexpr, TAU_TOL: tl.constexpr,
                BASE: tl.constexpr, FIRST_COUNTS: tl.constexpr, TOP_SLOPE: tl.constexpr, LANES: tl.constexpr):
-    """trace[s, k, r] for sweep s (0 = after tau_init), k in (lo, hi, tau', active), row r.
+    """trace[s, k, r] for sweep s (0 = after tau_init), k in (lo, hi, tau', active), row r
+    of the R rows, ROWS rows per program.
 
+    Each sweep streams its rows in chunks of BLOCK_L columns, as the attention forward
+    streams tiles: held whole, 64 rows of 2048 took ptxas minutes to compile (sm_90,
+    triton 3.6), and a chunk loop over 8 or more rows per program stops triton 3.6's
+    TritonGPUOptimizeThreadLocality pass (offline builds), so the GPU runs 2 rows per program.
     BASE: the sweeps take raw z and the row max as base (as the attention forward does),
     else pre-shifted scores and base 0. FIRST_COUNTS: whether sweep 1 takes counts.
     LANES: tau_accumulate_lanes and lane_totals instead of tau_accumulate."""
-    rows = tl.arange(0, ROWS)
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_L)
-    z = tl.load(z_ptr + rows[:, None] * L + cols[None, :], mask=cols[None, :] < L, other=float("-inf"))
-    m = tl.max(z, 1)
-    n = tl.sum((z > float("-inf")).to(tl.int32), 1)
+    m = tl.full([ROWS], float("-inf"), tl.float32)
+    n = tl.zeros([ROWS], tl.int32)
+    for start in range(0, L, BLOCK_L):
+        z = tl.load(z_ptr + rows[:, None] * L + start + cols[None, :], mask=start + cols[None, :] < L,
+                    other=float("-inf"))
+        m = tl.maximum(m, tl.max(z, 1))
+        n += tl.sum((z > float("-inf")).to(tl.int32), 1)
     m_shift = tl.where(m > float("-inf"), m, 0.0)
     if BASE:
-        y = z
         base = m_shift
     else:
-        y = z - m_shift[:, None]
         base = tl.zeros_like(m_shift)
     lo, hi, tau, active = tau_init(m, n, alpha, ALPHA_MODE)
-    tl.store(trace_ptr + 0 * ROWS + rows, lo)
-    tl.store(trace_ptr + 1 * ROWS + rows, hi)
-    tl.store(trace_ptr + 2 * ROWS + rows, tau)
-    tl.store(trace_ptr + 3 * ROWS + rows, active.to(tl.float32))
+    tl.store(trace_ptr + 0 * R + rows, lo)
+    tl.store(trace_ptr + 1 * R + rows, hi)
+    tl.store(trace_ptr + 2 * R + rows, tau)
+    tl.store(trace_ptr + 3 * R + rows, active.to(tl.float32))
     for sweep in tl.static_range(1, MAX_SWEEPS + 1):
         # sweep is a constexpr (static_range), so the counts flag is one per sweep.
         if LANES:
-            stats = tau_accumulate_lanes(y, 1.0, base, lo, hi, lane_statistics(ROWS, NBINS), inv, NBINS, ALPHA_MODE,
-                                         FIRST_COUNTS or sweep > 1, TOP_SLOPE)
+            stats = lane_statistics(ROWS, NBINS)
+        else:
+            stats = (tl.zeros([ROWS, NBINS], tl.float32), tl.zeros([ROWS, NBINS], tl.float32),
+                     tl.zeros([ROWS, NBINS], tl.int32))
+        for start in range(0, L, BLOCK_L):
+            z = tl.load(z_ptr + rows[:, None] * L + start + cols[None, :], mask=start + cols[None, :] < L,
+                        other=float("-inf"))
+            if BASE:
+                y = z
+            else:
+                y = z - m_shift[:, None]
+            if LANES:
+                stats = tau_accumulate_lanes(y, 1.0, base, lo, hi, stats, inv, NBINS, ALPHA_MODE,
+                                             FIRST_COUNTS or sweep > 1, TOP_SLOPE)
+            else:
+                stat_f, stat_g, stat_c = stats
+                stats = tau_accumulate(y, 1.0, base, lo, hi, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE, 1,
+                                       FIRST_COUNTS or sweep > 1, TOP_SLOPE)
+        if LANES:
             stat_f, stat_g, stat_c = lane_totals(stats, NBINS)
         else:
-            stat_f = tl.zeros([ROWS, NBINS], tl.float32)
-            stat_g = tl.zeros([ROWS, NBINS], tl.float32)
-            stat_c = tl.zeros([ROWS, NBINS], tl.int32)
-            stat_f, stat_g, stat_c = tau_accumulate(y, 1.0, base, lo, hi, stat_f, stat_g, stat_c, inv, NBINS,
-                                                    ALPHA_MODE, 1, FIRST_COUNTS or sweep > 1, TOP_SLOPE)
+            stat_f, stat_g, stat_c = stats
         lo, hi, tau, active = tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, base, inv, NBINS, ALPHA_MODE,
                                          TAU_TOL, FIRST_COUNTS or sweep > 1)
-        out = trace_ptr + sweep * 4 * ROWS
-        tl.store(out + 0 * ROWS + rows, lo)
-        tl.store(out + 1 * ROWS + rows, hi)
-        tl.store(out + 2 * ROWS + rows, tau)
-        tl.store(out + 3 * ROWS + rows, active.to(tl.float32))
+        out = trace_ptr + sweep * 4 * R
+        tl.store(out + 0 * R + rows, lo)
+        tl.store(out + 1 * R + rows, hi)
+        tl.store(out + 2 * R + rows, tau)
+        tl.store(out + 3 * R + rows, active.to(tl.float32))
 
 
 @triton.jit
@@ -124,14 +144,25 @@ ENTMAX_SWEEPS = (False, True, True, False)
 ATTENTION_SWEEPS = (True, False, False, True)
 
 
+# On the GPU: columns per chunk of the trace kernel (one key tile of the attention forward)
+# and rows per program; the tests' row counts are multiples of it.
+TRACE_CHUNK = 64
+TRACE_ROWS = 2
+
+
 def trace_tau(z, alpha, nbins=8, sweeps=5, variant=ENTMAX_SWEEPS):
     rows, length = z.shape
     trace = torch.empty(sweeps + 1, 4, rows, device=z.device)
     base, first_counts, top_slope, lanes = variant
-    _tau_trace[(1,)](z.contiguous(), trace, length, alpha, 1.0 / (alpha - 1.0), ROWS=rows,
-                     BLOCK_L=triton.next_power_of_2(length), ALPHA_MODE=alpha_mode(alpha), NBINS=nbins,
-                     MAX_SWEEPS=sweeps, TAU_TOL=TAU_TOL, BASE=base, FIRST_COUNTS=first_counts, TOP_SLOPE=top_slope,
-                     LANES=lanes)
+    if z.is_cuda:
+        rows_per_program, chunk = TRACE_ROWS, min(TRACE_CHUNK, triton.next_power_of_2(length))
+    else:
+        # The interpreter's cost is per program and per op: all rows, whole, in one program.
+        rows_per_program, chunk = rows, triton.next_power_of_2(length)
+    _tau_trace[(rows // rows_per_program,)](z.contiguous(), trace, rows, length, alpha, 1.0 / (alpha - 1.0),
+                                            ROWS=rows_per_program, BLOCK_L=chunk, ALPHA_MODE=alpha_mode(alpha),
+                                            NBINS=nbins, MAX_SWEEPS=sweeps, TAU_TOL=TAU_TOL, BASE=base,
+                                            FIRST_COUNTS=first_counts, TOP_SLOPE=top_slope, LANES=lanes)
     lo, hi, tau, active = trace.unbind(1)
     return lo, hi, tau, active > 0
 
