@@ -201,12 +201,12 @@ from adasplash_compile.kernels.tau import (
     alpha_mode,
     entmax_power,
     half_tail_gap,
-    lane_statistics,
     lane_sums,
-    lane_totals,
     positive_count,
+    sweep_accumulate,
+    sweep_statistics,
+    sweep_totals,
     tau_accumulate,
-    tau_accumulate_lanes,
     tau_init,
     tau_tolerance,
     tau_update,
@@ -686,26 +686,15 @@ def threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shif
     Returns (lo, hi, tau', active)."""
     # Unrolled edges keep lane statistics (kernels/tau.py ``tau_accumulate_lanes``).
     LANES: tl.constexpr = EDGE_UNROLL >= NBINS
-    if LANES:
-        stats = lane_statistics(offs_m.shape[0], NBINS)
-    else:
-        stats = (tl.zeros([offs_m.shape[0], NBINS], tl.float32), tl.zeros([offs_m.shape[0], NBINS], tl.float32),
-                 tl.zeros([offs_m.shape[0], NBINS], tl.int32))
+    stats = sweep_statistics(offs_m.shape[0], NBINS, LANES)
     for i in range(0, n_listed):
         start_n = tl.load(list_ptr + (i + LIST_HEAD) * stride_ln) * BLOCK_N
         # Unscaled: tau_accumulate folds qk_scale into its one multiply-add per entry and edge.
         qk = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
                         stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, KV_TMA)
-        if LANES:
-            stats = tau_accumulate_lanes(qk, qk_scale, m_shift, lo, hi, stats, inv, NBINS, ALPHA_MODE, COUNTS, False)
-        else:
-            stat_f, stat_g, stat_c = stats
-            stats = tau_accumulate(qk, qk_scale, m_shift, lo, hi, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE,
-                                   EDGE_UNROLL, COUNTS, False)
-    if LANES:
-        stat_f, stat_g, stat_c = lane_totals(stats, NBINS)
-    else:
-        stat_f, stat_g, stat_c = stats
+        stats = sweep_accumulate(qk, qk_scale, m_shift, lo, hi, stats, inv, NBINS, ALPHA_MODE, EDGE_UNROLL, COUNTS,
+                                 False, LANES)
+    stat_f, stat_g, stat_c = sweep_totals(stats, NBINS, LANES)
     return tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, m_shift, inv, NBINS, ALPHA_MODE, tau_tol, COUNTS)
 
 

@@ -372,6 +372,39 @@ def lane_totals(stats, NBINS: tl.constexpr):
 
 
 @triton.jit
+def sweep_statistics(ROWS: tl.constexpr, NBINS: tl.constexpr, LANES: tl.constexpr):
+    """Zero statistics for one sweep: ``lane_statistics`` with LANES, else the (ROWS, NBINS)
+    tensors ``tau_accumulate`` adds to."""
+    if LANES:
+        return lane_statistics(ROWS, NBINS)
+    else:
+        return (tl.zeros([ROWS, NBINS], tl.float32), tl.zeros([ROWS, NBINS], tl.float32),
+                tl.zeros([ROWS, NBINS], tl.int32))
+
+
+@triton.jit
+def sweep_accumulate(z, scale, base, lo, hi, stats, inv, NBINS: tl.constexpr, ALPHA_MODE: tl.constexpr,
+                     EDGE_UNROLL: tl.constexpr, COUNTS: tl.constexpr, TOP_SLOPE: tl.constexpr, LANES: tl.constexpr):
+    """One tile into a sweep's statistics (``sweep_statistics``): ``tau_accumulate_lanes``
+    with LANES (every edge unrolled; EDGE_UNROLL unused), else ``tau_accumulate``."""
+    if LANES:
+        return tau_accumulate_lanes(z, scale, base, lo, hi, stats, inv, NBINS, ALPHA_MODE, COUNTS, TOP_SLOPE)
+    else:
+        stat_f, stat_g, stat_c = stats
+        return tau_accumulate(z, scale, base, lo, hi, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE, EDGE_UNROLL,
+                              COUNTS, TOP_SLOPE)
+
+
+@triton.jit
+def sweep_totals(stats, NBINS: tl.constexpr, LANES: tl.constexpr):
+    """A sweep's statistics as ``tau_update`` takes them: (stat_f, stat_g, stat_c), (ROWS, NBINS)."""
+    if LANES:
+        return lane_totals(stats, NBINS)
+    else:
+        return stats
+
+
+@triton.jit
 def _smaller_quadratic_root(a, fa, ga, count):
     """a + s for the smaller root s of count s^2 - 2 ga s + fa = 0, in the form without
     cancellation, and whether the root is real (clamped to the double root otherwise)."""

@@ -20,11 +20,10 @@ from adasplash_compile.kernels.tau import (
     TAU_TOL,
     alpha_mode,
     half_tail_gap,
-    lane_statistics,
     lane_sums,
-    lane_totals,
-    tau_accumulate,
-    tau_accumulate_lanes,
+    sweep_accumulate,
+    sweep_statistics,
+    sweep_totals,
     tau_init,
     tau_update,
 )
@@ -46,7 +45,8 @@ def _tau_trace(z_ptr, trace_ptr, R, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: 
     TritonGPUOptimizeThreadLocality pass (offline builds), so the GPU runs 2 rows per program.
     BASE: the sweeps take raw z and the row max as base (as the attention forward does),
     else pre-shifted scores and base 0. FIRST_COUNTS: whether sweep 1 takes counts.
-    LANES: tau_accumulate_lanes and lane_totals instead of tau_accumulate."""
+    LANES: tau_accumulate_lanes and lane_totals instead of tau_accumulate (kernels/tau.py
+    ``sweep_accumulate``)."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_L)
     m = tl.full([ROWS], float("-inf"), tl.float32)
@@ -68,11 +68,7 @@ def _tau_trace(z_ptr, trace_ptr, R, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: 
     tl.store(trace_ptr + 3 * R + rows, active.to(tl.float32))
     for sweep in tl.static_range(1, MAX_SWEEPS + 1):
         # sweep is a constexpr (static_range), so the counts flag is one per sweep.
-        if LANES:
-            stats = lane_statistics(ROWS, NBINS)
-        else:
-            stats = (tl.zeros([ROWS, NBINS], tl.float32), tl.zeros([ROWS, NBINS], tl.float32),
-                     tl.zeros([ROWS, NBINS], tl.int32))
+        stats = sweep_statistics(ROWS, NBINS, LANES)
         for start in range(0, L, BLOCK_L):
             z = tl.load(z_ptr + rows[:, None] * L + start + cols[None, :], mask=start + cols[None, :] < L,
                         other=float("-inf"))
@@ -80,17 +76,9 @@ def _tau_trace(z_ptr, trace_ptr, R, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: 
                 y = z
             else:
                 y = z - m_shift[:, None]
-            if LANES:
-                stats = tau_accumulate_lanes(y, 1.0, base, lo, hi, stats, inv, NBINS, ALPHA_MODE,
-                                             FIRST_COUNTS or sweep > 1, TOP_SLOPE)
-            else:
-                stat_f, stat_g, stat_c = stats
-                stats = tau_accumulate(y, 1.0, base, lo, hi, stat_f, stat_g, stat_c, inv, NBINS, ALPHA_MODE, 1,
-                                       FIRST_COUNTS or sweep > 1, TOP_SLOPE)
-        if LANES:
-            stat_f, stat_g, stat_c = lane_totals(stats, NBINS)
-        else:
-            stat_f, stat_g, stat_c = stats
+            stats = sweep_accumulate(y, 1.0, base, lo, hi, stats, inv, NBINS, ALPHA_MODE, 1, FIRST_COUNTS or sweep > 1,
+                                     TOP_SLOPE, LANES)
+        stat_f, stat_g, stat_c = sweep_totals(stats, NBINS, LANES)
         lo, hi, tau, active = tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, base, inv, NBINS, ALPHA_MODE,
                                          TAU_TOL, FIRST_COUNTS or sweep > 1)
         out = trace_ptr + sweep * 4 * R
