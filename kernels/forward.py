@@ -458,8 +458,11 @@ def store_tile_bounds(bound_row, rel_row, tile_n, stride_bn, row_max, m_i, floor
     shuffles alone. Triton still moves each [BOUND_GROUPS] result to its store layout
     through shared memory: three barriers per tile, where the reduction across the
     block's warps took two (sm_90, triton 3.6 SASS); the max sweep got 3-4% faster all
-    the same. A store from each warp of its own value, with no barrier, would take
-    inline PTX (and an interpreter twin).
+    the same. Stored from the reduction's own layout through inline PTX instead (two
+    barriers fewer per tile), the max sweep got 1.6-3.0% faster and the forward moved by
+    at most 0.8% either way (H100, same process, bitwise equal;
+    benchmarks/results/h100-2026-11-27-pair.md): not worth the PTX, its interpreter twin
+    and an asm marked pure for torch's mutation analysis.
     """
     relevant = row_max > floor_i
     bound_rows = tl.broadcast_to(tl.where(relevant, row_max, float("-inf"))[:, None], [row_max.shape[0], tile_cols])
@@ -564,6 +567,11 @@ def _adasplash_fwd_rowmax(
         qk_scale = tl.cast(qk_scale_bits, tl.float32)
     alpha = tl.cast(alpha, tl.float32)
     inv = tl.cast(inv, tl.float32)
+    # One row block per program. Two (128 rows on 8 warps, each K tile serving both, a
+    # tile listed for either computed for both) made the max sweep 3-16% slower and the
+    # forward 1.5-10% slower at 2 stages or 3, capped at 128 registers (168 uncapped, one
+    # program per SM); H100, same process, bitwise equal
+    # (benchmarks/results/h100-2026-11-27-pair.md).
     tl.static_assert(BLOCK_M == 64, "BLOCK_M must equal TILE_M: one program row block = one tile row")
     tl.static_assert(BLOCK_N == 64, "BLOCK_N must equal TILE_N: one key step = one tile")
     row_block = heaviest_first(tl.program_id(0), tl.num_programs(0), IS_CAUSAL)
