@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from adasplash_compile.kernels.tensor_maps import ensure_scratch_allocator
+
 TILE = 64
 
 
@@ -97,7 +99,7 @@ def minimal_pass(query, key, value, *, output: bool, block_m: int = 64, descript
     row_max = torch.empty((n_heads, n_keys), dtype=torch.float32, device=query.device)
     out = torch.empty((n_heads, n_keys, head_dim), dtype=torch.float32, device=query.device) if output else row_max
     if descriptors:
-        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=query.device))
+        ensure_scratch_allocator()
     _minimal_pass[(n_keys // block_m, n_heads)](
         query, key, value, row_max, out, n_keys, n_heads, head_dim**-0.5, BLOCK_M=block_m, HEAD_DIM=head_dim,
         DESCRIPTORS=descriptors, OUTPUT=output, STAGES=stages, num_warps=num_warps)
