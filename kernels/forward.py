@@ -379,6 +379,42 @@ def _needs_int64(*tensors: torch.Tensor) -> bool:
 
 
 @triton.jit
+def program_row_block(IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, GROUP):
+    """This program's row block (heaviest first under IS_CAUSAL), its first row, its batch
+    and query head (int64) and its key/value head."""
+    row_block = heaviest_first(tl.program_id(0), tl.num_programs(0), IS_CAUSAL)
+    off_h = tl.program_id(1).to(tl.int64)
+    off_z = tl.program_id(2).to(tl.int64)
+    return row_block, row_block * BLOCK_M, off_z, off_h, off_h // GROUP
+
+
+@triton.jit
+def query_rows(start_m, ROWS: tl.constexpr, USE_INT64: tl.constexpr):
+    """The ROWS query rows from start_m, and the same rows as int64 where offsets need 64 bits."""
+    offs_m = start_m + tl.arange(0, ROWS)
+    if USE_INT64:
+        rows_m = offs_m.to(tl.int64)
+    else:
+        rows_m = offs_m
+    return offs_m, rows_m
+
+
+@triton.jit
+def block_keys(seqlens_ptr, off_z, start_m, offs_m, M, N, HAS_SEQLENS: tl.constexpr, IS_CAUSAL: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The keys of the row block from start_m: its batch's valid query and key lengths,
+    the key tiles it sees, the keys each row sees ([0, visible_key_end(row + 1)) for rows
+    below valid_q, else none) and its first masked tile."""
+    valid_q, valid_k = valid_lengths(seqlens_ptr, off_z, M, N, HAS_SEQLENS)
+    key_end = visible_key_end(start_m + BLOCK_M, M, N, valid_k, IS_CAUSAL)
+    key_end = tl.where(start_m < valid_q, key_end, 0)
+    n_tiles = tl.cdiv(key_end, BLOCK_N)
+    n_i = tl.where(offs_m < valid_q, visible_key_end(offs_m + 1, M, N, valid_k, IS_CAUSAL), 0)
+    first_masked = first_masked_tile(start_m, M, N, valid_q, valid_k, IS_CAUSAL, BLOCK_M, BLOCK_N)
+    return valid_q, valid_k, n_tiles, n_i, first_masked
+
+
+@triton.jit
 def load_q_tile(q_ptr, offs_m, offs_d, M, stride_qm, stride_qd, HEAD_DIM: tl.constexpr):
     ptrs = q_ptr + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
     return tl.load(ptrs, mask=(offs_m[:, None] < M) & (offs_d[None, :] < HEAD_DIM), other=0.0)
@@ -574,19 +610,11 @@ def _adasplash_fwd_rowmax(
     # (benchmarks/results/h100-2026-11-27-pair.md).
     tl.static_assert(BLOCK_M == 64, "BLOCK_M must equal TILE_M: one program row block = one tile row")
     tl.static_assert(BLOCK_N == 64, "BLOCK_N must equal TILE_N: one key step = one tile")
-    row_block = heaviest_first(tl.program_id(0), tl.num_programs(0), IS_CAUSAL)
-    start_m = row_block * BLOCK_M
-    off_h = tl.program_id(1).to(tl.int64)
-    off_z = tl.program_id(2).to(tl.int64)
-    off_kh = off_h // GROUP
+    row_block, start_m, off_z, off_h, off_kh = program_row_block(IS_CAUSAL, BLOCK_M, GROUP)
 
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_m, rows_m = query_rows(start_m, BLOCK_M, USE_INT64)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    if USE_INT64:
-        rows_m = offs_m.to(tl.int64)
-    else:
-        rows_m = offs_m
     q = load_q_tile(q_ptr + off_z * stride_qz + off_h * stride_qh, rows_m, offs_d, M, stride_qm, stride_qd, HEAD_DIM)
     k_base = k_ptr + off_z * stride_kz + off_kh * stride_kh
     bound_offset = off_z * stride_bz + off_h * stride_bh + row_block * stride_bm
@@ -594,13 +622,8 @@ def _adasplash_fwd_rowmax(
     rel_row = rel_bound_ptr + bound_offset
     list_ptr = tile_list_ptr + off_z * stride_lz + off_h * stride_lh + row_block * stride_lm
 
-    valid_q, valid_k = valid_lengths(seqlens_ptr, off_z, M, N, HAS_SEQLENS)
-    key_end = visible_key_end(start_m + BLOCK_M, M, N, valid_k, IS_CAUSAL)
-    key_end = tl.where(start_m < valid_q, key_end, 0)
-    n_tiles = tl.cdiv(key_end, BLOCK_N)
-    # Keys each row sees: [0, visible_key_end(row + 1)) for rows below valid_q.
-    n_i = tl.where(offs_m < valid_q, visible_key_end(offs_m + 1, M, N, valid_k, IS_CAUSAL), 0)
-    first_masked = first_masked_tile(start_m, M, N, valid_q, valid_k, IS_CAUSAL, BLOCK_M, BLOCK_N)
+    valid_q, valid_k, n_tiles, n_i, first_masked = block_keys(seqlens_ptr, off_z, start_m, offs_m, M, N, HAS_SEQLENS,
+                                                              IS_CAUSAL, BLOCK_M, BLOCK_N)
 
     # 1. The block's diagonal tile (the last visible one when causal) and the tile before
     #    it first: where attention is local, the row max sits there, and so does most of
@@ -868,7 +891,7 @@ def output_pass(q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, 
 @triton.jit
 def _adasplash_fwd_tau_out(
     q_ptr, k_ptr, v_ptr, out_ptr, u_value_mean_ptr, m_ptr, floor_ptr, local_floor_ptr, tau_ptr, bound_ptr,
-    rel_bound_ptr, tile_max_ptr, tile_list_ptr, seqlens_ptr,
+    rel_bound_ptr, tile_max_ptr, tile_list_ptr, seqlens_ptr, handled_ptr,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
@@ -878,12 +901,13 @@ def _adasplash_fwd_tau_out(
     stride_tz, stride_th, stride_tm, stride_tn,
     stride_bz, stride_bh, stride_bm, stride_bn,
     stride_lz, stride_lh, stride_lm, stride_ln,
+    stride_hz, stride_hh, stride_hm,
     M, N, GROUP, qk_scale, alpha, inv, tau_tol, fold_tol,
     HEAD_DIM: tl.constexpr, HAS_SEQLENS: tl.constexpr, IS_CAUSAL: tl.constexpr, ALPHA_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     NBINS: tl.constexpr, MAX_SWEEPS: tl.constexpr, EDGE_UNROLL: tl.constexpr,
     SCAN: tl.constexpr, FOLD: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, KV_TMA: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, KV_TMA: tl.constexpr, SKIP_HANDLED: tl.constexpr,
 ):
     """Threshold sweeps and the output pass for one row block: out, tau, tile_max and
     u_value_mean (float32, out's shape, strides stride_u*; adasplash_compile.options).
@@ -906,19 +930,15 @@ def _adasplash_fwd_tau_out(
     tl.static_assert(BLOCK_N == 64, "BLOCK_N must equal TILE_N: one key step = one tile")
     tl.static_assert((NBINS >= 2) and ((NBINS & (NBINS - 1)) == 0), "NBINS must be a power of two >= 2")
     tl.static_assert(MAX_SWEEPS >= 1, "MAX_SWEEPS must be >= 1")
-    row_block = heaviest_first(tl.program_id(0), tl.num_programs(0), IS_CAUSAL)
-    start_m = row_block * BLOCK_M
-    off_h = tl.program_id(1).to(tl.int64)
-    off_z = tl.program_id(2).to(tl.int64)
-    off_kh = off_h // GROUP
+    row_block, start_m, off_z, off_h, off_kh = program_row_block(IS_CAUSAL, BLOCK_M, GROUP)
+    if SKIP_HANDLED:
+        # kernels/candidates.py wrote this block's outputs.
+        if tl.load(handled_ptr + off_z * stride_hz + off_h * stride_hh + row_block * stride_hm) != 0:
+            return
 
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_m, rows_m = query_rows(start_m, BLOCK_M, USE_INT64)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    if USE_INT64:
-        rows_m = offs_m.to(tl.int64)
-    else:
-        rows_m = offs_m
     q = load_q_tile(q_ptr + off_z * stride_qz + off_h * stride_qh, rows_m, offs_d, M, stride_qm, stride_qd, HEAD_DIM)
     if KV_TMA:
         n_kv_heads = tl.num_programs(1) // GROUP
@@ -935,13 +955,8 @@ def _adasplash_fwd_tau_out(
     list_ptr = tile_list_ptr + off_z * stride_lz + off_h * stride_lh + row_block * stride_lm
     row_offset = off_z * stride_tauz + off_h * stride_tauh + rows_m * stride_taum
 
-    valid_q, valid_k = valid_lengths(seqlens_ptr, off_z, M, N, HAS_SEQLENS)
-    key_end = visible_key_end(start_m + BLOCK_M, M, N, valid_k, IS_CAUSAL)
-    key_end = tl.where(start_m < valid_q, key_end, 0)
-    n_tiles = tl.cdiv(key_end, BLOCK_N)
-    # Keys each row sees: [0, visible_key_end(row + 1)) for rows below valid_q.
-    n_i = tl.where(offs_m < valid_q, visible_key_end(offs_m + 1, M, N, valid_k, IS_CAUSAL), 0)
-    first_masked = first_masked_tile(start_m, M, N, valid_q, valid_k, IS_CAUSAL, BLOCK_M, BLOCK_N)
+    valid_q, valid_k, n_tiles, n_i, first_masked = block_keys(seqlens_ptr, off_z, start_m, offs_m, M, N, HAS_SEQLENS,
+                                                              IS_CAUSAL, BLOCK_M, BLOCK_N)
 
     m_i = tl.load(m_ptr + row_offset, mask=offs_m < M, other=float("-inf"))
     has_keys = m_i > float("-inf")
@@ -1063,7 +1078,9 @@ def attention_forward(
     contiguous. ``wrap`` wraps every kernel before launch
     (``torch.library.wrap_triton`` under tracing); ``config`` overrides the default
     (``default_forward_config``); ``autotune`` chooses among ``autotune_forward_configs``
-    instead (kernels/autotuning.py).
+    instead (kernels/autotuning.py). Besides launch options, ``config`` may hold
+    USE_INT64 and KV_TMA (force a path), NO_CANDIDATES (True: no row block takes
+    kernels/candidates.py's lists) and CANDIDATE_PTX (force the lists' PTX appends).
     """
     buffers = _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, config, autotune,
                            with_output=True)
@@ -1168,14 +1185,27 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     if not with_output:
         return buffers
     fold_tol = fold_tolerance(alpha, query.dtype)
+    # Dense row blocks take candidate lists (kernels/candidates.py) where the forward
+    # folds (alpha = 1.5, 16-bit outputs); the threshold/output kernel skips them.
+    by_candidates = fold_tol > 0.0 and not cfg.pop("NO_CANDIDATES", False)
+    if by_candidates:
+        from adasplash_compile.kernels.candidates import launch_candidates
+
+        # CANDIDATE_PTX may be forced (the mutation-analysis tests build the CUDA form on CPU tensors).
+        handled = launch_candidates(query, key, value, out, buffers["u_value_mean"], row_max, floor, local_floor, tau,
+                                    bound, rel_bound, tile_max, tile_list, seqlens_arg, has_seqlens, grid, group,
+                                    qk_scale, alpha, launch, common, cfg.pop("CANDIDATE_PTX", None))
+    else:
+        # Never read without SKIP_HANDLED: any (B, H, ...) tensor stands in for the flags.
+        handled = tau
     launch(tau_out_kernel)[grid](
         query, key, value, out, buffers["u_value_mean"], row_max, floor, local_floor, tau, bound, rel_bound, tile_max,
-        tile_list, seqlens_arg,
+        tile_list, seqlens_arg, handled,
         *query.stride(), *key.stride(), *value.stride(), *out.stride(), *buffers["u_value_mean"].stride(),
         *tau.stride(), *tile_max.stride(),
-        *bound.stride()[:4], *tile_list.stride(),
+        *bound.stride()[:4], *tile_list.stride(), *handled.stride()[:3],
         n_queries, n_keys, group, qk_scale, alpha, 1.0 / (alpha - 1.0), tau_tolerance(alpha, query.dtype),
-        fold_tol, SCAN=_TILE_SCAN, FOLD=fold_tol > 0.0,
+        fold_tol, SCAN=_TILE_SCAN, FOLD=fold_tol > 0.0, SKIP_HANDLED=by_candidates,
         # The max sweep above keeps pointer loads: with descriptors it compiled to 136
         # registers (sm_90, triton 3.6), past the 128 that let four programs share an SM.
         KV_TMA=bool(kv_tma), **common, **tau_out_tuning,

@@ -44,15 +44,22 @@ LOW_BRACKET: tl.constexpr = tl.constexpr(0.15)
 
 
 @triton.jit
-def starts_low(lo, hi, local_lo, n_keys, active):
-    """Whether the row block starts from a low bracket: lo, hi the rows' bracket (shifted),
-    local_lo the floor of their two local tiles (shifted), before the histogram lifted it,
-    n_keys the keys each row sees."""
+def lifted_block(lo, hi, local_lo, n_keys, active, min_keys):
+    """Whether at least LIFTED_EIGHTHS of the block's active rows had their floor lifted by
+    more than LIFT of the bracket, every active row seeing min_keys keys or more: lo, hi the
+    rows' bracket (shifted), local_lo the floor of their two local tiles (shifted), before
+    the histogram lifted it, n_keys the keys each row sees."""
     lifted = active & ((lo - local_lo) > LIFT * (hi - local_lo))
     n_active = tl.sum(active.to(tl.int32), 0)
     n_lifted = tl.sum(lifted.to(tl.int32), 0)
-    fewest_keys = tl.min(tl.where(active, n_keys, MIN_KEYS), 0)
-    return (n_active > 0) & (fewest_keys >= MIN_KEYS) & (8 * n_lifted >= LIFTED_EIGHTHS * n_active)
+    fewest_keys = tl.min(tl.where(active, n_keys, min_keys), 0)
+    return (n_active > 0) & (fewest_keys >= min_keys) & (8 * n_lifted >= LIFTED_EIGHTHS * n_active)
+
+
+@triton.jit
+def starts_low(lo, hi, local_lo, n_keys, active):
+    """Whether the row block starts from a low bracket (``lifted_block`` with MIN_KEYS)."""
+    return lifted_block(lo, hi, local_lo, n_keys, active, MIN_KEYS)
 
 
 @triton.jit

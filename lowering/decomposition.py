@@ -68,10 +68,10 @@ def _register_cache_key_kernels():
     registry = _lookup("torch._library.triton", "triton_ops_to_kernels")
     if registry is None:
         return
-    from adasplash_compile.kernels import backward, entmax, forward, key_summary
+    from adasplash_compile.kernels import backward, candidates, entmax, forward, key_summary
 
     launched = {
-        "attention_fwd": (forward, key_summary),
+        "attention_fwd": (forward, key_summary, candidates),
         "attention_bwd": (backward,),
         "entmax_fwd": (entmax,),
     }

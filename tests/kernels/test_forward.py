@@ -207,13 +207,17 @@ def test_float32_bits_round_to_nearest_float32():
 @IN_BOTH_SUITES
 def test_mutation_analysis_reports_only_outputs(suite):
     writes = kernel_writes(
-        "from adasplash_compile.kernels.forward import attention_forward\n"
+        "from adasplash_compile.kernels.forward import attention_forward, default_forward_config\n"
         "q = torch.randn(1, 2, 70, 64, dtype=torch.bfloat16)\n"
         "k = torch.randn(1, 1, 130, 64, dtype=torch.bfloat16)\n"
-        "attention_forward(q, k, k.clone(), 1.5, True, 0.125, torch.tensor([100]), wrap=Capture)\n"
+        # The candidate kernels as CUDA builds them (kernels/candidates.py, PTX appends).
+        "config = dict(default_forward_config(64, torch.bfloat16), CANDIDATE_PTX=True)\n"
+        "attention_forward(q, k, k.clone(), 1.5, True, 0.125, torch.tensor([100]), wrap=Capture, config=config)\n"
     )
     assert writes == {
         "_key_tile_summary": ["centre_ptr", "radius_ptr"],
+        "_adasplash_fwd_candidates": ["candidate_ptr", "count_ptr", "handled_ptr", "tile_list_ptr"],
+        "_adasplash_fwd_candidate_output": ["candidate_ptr", "out_ptr", "tau_ptr", "tile_max_ptr", "u_value_mean_ptr"],
         "_adasplash_fwd_rowmax": ["bound_ptr", "floor_ptr", "local_floor_ptr", "m_ptr", "rel_bound_ptr",
                                   "tile_list_ptr"],
         "_adasplash_fwd_tau_out": ["out_ptr", "tau_ptr", "tile_list_ptr", "tile_max_ptr", "u_value_mean_ptr"],

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from adasplash_compile.kernels import forward as forward_module
-from adasplash_compile.kernels.forward import attention_forward
+from adasplash_compile.kernels.forward import attention_forward, default_forward_config
 from adasplash_compile.kernels.low_bracket import LOW_BRACKET, MIN_KEYS, low_top, reopen_above, starts_low
 from adasplash_compile.kernels.tau import tau_tolerance
 from tests.conftest import BOTH_BACKENDS, DEVICE
@@ -136,13 +136,15 @@ def test_dense_blocks_start_low_and_reopen_rows_above_the_low_bracket(monkeypatc
     # Under the interpreter the kernel resolves its helpers through the module.
     monkeypatch.setattr(forward_module, "starts_low", rule_at_four_times_the_keys)
     monkeypatch.setattr(forward_module, "reopen_above", recording_reopen)
-    out, tau, tile_max, _ = check_forward(q, k, v, 1.5, True, scale, None)
+    # The threshold/output kernel's own path: dense blocks would take candidate lists.
+    config = dict(default_forward_config(64, torch.float16), NO_CANDIDATES=True)
+    out, tau, tile_max, _ = check_forward(q, k, v, 1.5, True, scale, None, config=config)
     assert sum(decisions) >= 8, f"only {sum(decisions)} of {len(decisions)} dense row blocks started low"
     assert sum(r > 0 for r in reopened_rows) >= 4, reopened_rows
 
     monkeypatch.setattr(forward_module, "starts_low",
                         lambda lo, hi, local_lo, n_keys, active: rule.fn(lo, hi, lo, n_keys, active))
-    plain_out, plain_tau, plain_tile_max, _ = attention_forward(q, k, v, 1.5, True, scale, None)
+    plain_out, plain_tau, plain_tile_max, _ = attention_forward(q, k, v, 1.5, True, scale, None, config=config)
     torch.testing.assert_close(tau, plain_tau, atol=tau_tolerance(1.5, torch.float16), rtol=0)
     torch.testing.assert_close(out, plain_out, atol=2.0**-11, rtol=2.0**-10)
     assert torch.equal(torch.isfinite(tile_max), torch.isfinite(plain_tile_max))

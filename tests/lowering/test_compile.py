@@ -129,7 +129,8 @@ def test_cache_key_lists_every_kernel_each_op_launches(monkeypatch):
     monkeypatch.setattr(triton_library, "triton_ops_to_kernels", registry)
     decomposition._register_cache_key_kernels()
     names = {op: {kernel.fn.__name__ for kernel in kernels} for op, kernels in registry.items()}
-    assert {"_key_tile_summary", "_adasplash_fwd_rowmax", "_adasplash_fwd_tau_out"} <= names["adasplash::attention_fwd"]
+    assert {"_key_tile_summary", "_adasplash_fwd_rowmax", "_adasplash_fwd_tau_out", "_adasplash_fwd_candidates",
+            "_adasplash_fwd_candidate_output"} <= names["adasplash::attention_fwd"]
     assert {"_adasplash_bwd_row_lists", "_adasplash_bwd_key_lists", "_adasplash_bwd_dq",
             "_adasplash_bwd_dkdv"} <= names["adasplash::attention_bwd"]
     assert "_entmax_fwd" in names["adasplash::entmax_fwd"]
