@@ -16,6 +16,7 @@ import triton.language as tl
 
 from adasplash_compile import reference
 from adasplash_compile.kernels import candidates as candidates_module
+from adasplash_compile.kernels import forward as forward_module
 from adasplash_compile.kernels.forward import attention_forward, default_forward_config
 from adasplash_compile.kernels.tau import tau_tolerance
 from tests.conftest import BOTH_BACKENDS, DEVICE, TOLERANCES
@@ -148,6 +149,41 @@ def test_overflowing_lists_fall_back_bitwise(monkeypatch):
     listed = attention_forward(q, k, v, 1.5, True, 32**-0.5, None)
     assert flags[0].sum().item() == 0
     plain = attention_forward(q, k, v, 1.5, True, 32**-0.5, None, config=without_candidates(torch.float16, 32))
+    for a, b in zip(listed, plain):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.interpret
+def test_lists_widen_their_row_offsets_alone(monkeypatch):
+    # A list row (256 int32) outgrows int32 offsets before a query row of D = 64 does; the
+    # predicate is made to see only the lists as too large, as they would be at 2^23 rows.
+    q, k, v = make_qkv(1, 2, 1, 640, 640, 64, torch.float16, device="cpu")
+    rule = candidates_module.takes_lists
+    monkeypatch.setattr(candidates_module, "takes_lists",
+                        lambda lo, hi, local_lo, n_keys, active: rule.fn(lo, hi, local_lo, n_keys * 2, active))
+    needs_int64 = forward_module._needs_int64
+    monkeypatch.setattr(forward_module, "_needs_int64",
+                        lambda *tensors: any(t.dtype == torch.int32 and t.shape[-1] == 256 for t in tensors))
+    widths = {}
+
+    class Recording:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                widths[self.kernel.fn.__name__] = kwargs.get("USE_INT64")
+                return self.kernel[grid](*args, **kwargs)
+            return run
+
+    flags = record_handled(monkeypatch)
+    listed = attention_forward(q, k, v, 1.5, True, 0.125, None, wrap=Recording)
+    assert flags[0].sum().item() >= 2, flags[0]
+    assert widths["_adasplash_fwd_candidates"] is True and widths["_adasplash_fwd_candidate_output"] is True
+    assert widths["_adasplash_fwd_tau_out"] is False
+    # The same lists with 32-bit offsets: bitwise the same outputs.
+    monkeypatch.setattr(forward_module, "_needs_int64", needs_int64)
+    plain = attention_forward(q, k, v, 1.5, True, 0.125, None)
     for a, b in zip(listed, plain):
         assert torch.equal(a, b)
 
