@@ -13,7 +13,11 @@ comma-separated, optionally led by ``low=0.15`` (the first sweep covers only the
 above it counts as reopened, and its block does not fold).
 
 Per plan it prints the row blocks whose output pass can finish after the plan's sweeps
-(every row converged or within the fold's bound) and the rows that miss the bound. The
+(every row converged or within the fold's bound), the rows that miss the bound, and the
+blocks whose unconverged rows hold at most ``--list-slots`` entries each inside their last
+bracket: those that could finish from per-row lists of the bracket's entries, as
+kernels/candidates.py finishes dense blocks from the entries above their floors, the
+entries above the bracket summed in the pass. The
 floor is the histogram floor of kernels/histogram_floor.py over the tile maxima above
 each row's local floor (tile_model.py ``local_floor``); the kernels' own floors are lower
 bracket ends and a little lower. Cost per entry and edge (sm_90, triton 3.6 SASS of the
@@ -143,7 +147,8 @@ def block_rows(query, key, block, scale):
 
 
 def run_plan(y, tau, lo, hi, low, sweeps):
-    """(block folds, rows that miss the fold's bound, rows reopened) for one block's rows."""
+    """(block folds, rows that miss the fold's bound, rows reopened, most entries inside an
+    unconverged row's last bracket) for one block's rows."""
     active = torch.ones_like(lo, dtype=torch.bool)
     estimate = hi.clone()
     reopened = torch.zeros_like(active)
@@ -163,23 +168,27 @@ def run_plan(y, tau, lo, hi, low, sweeps):
     count = (y > estimate[:, None]).sum(1).to(y.dtype)
     misses = active & ~((step * step * count <= FOLD_TOL) & (step.abs() <= FOLD_MAX_STEP))
     folds = not bool(reopened.any()) and not bool(misses.any())
-    return folds, int(misses.sum()), int(reopened.sum())
+    inside = ((y > lo[:, None]) & (y <= hi[:, None])).sum(1)
+    band = int(torch.where(active, inside, 0).max())
+    return folds, int(misses.sum()), int(reopened.sum()), band
 
 
-def plan_outcomes(workload: str, n: int, plans, blocks: int, seed: int = 0) -> dict:
-    """{plan text: (blocks folding, blocks, rows missing the bound, rows reopened)}."""
+def plan_outcomes(workload: str, n: int, plans, blocks: int, seed: int = 0, list_slots: int = 128) -> dict:
+    """{plan text: (blocks folding, blocks, rows missing the bound, rows reopened, blocks
+    whose unconverged rows each hold at most list_slots entries inside their last bracket)}."""
     parsed = {plan: parse_plan(plan) for plan in plans}
     query, key, scale = tile_model.head_inputs(workload, n)
-    outcomes = {plan: [0, 0, 0, 0] for plan in plans}
+    outcomes = {plan: [0, 0, 0, 0, 0] for plan in plans}
     for block in tile_model.sample_blocks(n, blocks, seed):
         y, tau, floor, hi = block_rows(query, key, block, scale)
         for plan, (low, sweeps) in parsed.items():
-            folds, misses, reopened = run_plan(y, tau, floor, hi, low, sweeps)
+            folds, misses, reopened, band = run_plan(y, tau, floor, hi, low, sweeps)
             total = outcomes[plan]
             total[0] += int(folds)
             total[1] += 1
             total[2] += misses
             total[3] += reopened
+            total[4] += int(band <= list_slots)
     return {plan: tuple(total) for plan, total in outcomes.items()}
 
 
@@ -190,14 +199,17 @@ def main(argv=None):
     parser.add_argument("--plans", nargs="+", default=["u4,c4", "c8", "c16"])
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--list-slots", type=int, default=128)
     args = parser.parse_args(argv)
-    print("| workload | N | plan | blocks folding | rows missing the bound | rows reopened |")
-    print("|---|---|---|---|---|---|")
+    print("| workload | N | plan | blocks folding | rows missing the bound | rows reopened "
+          f"| blocks whose brackets fit {args.list_slots} slots |")
+    print("|---|---|---|---|---|---|---|")
     for workload in args.workloads:
         for n in args.n:
-            for plan, (folds, total, misses, reopened) in plan_outcomes(workload, n, args.plans, args.blocks,
-                                                                         args.seed).items():
-                print(f"| {workload} | {n} | `{plan}` | {folds}/{total} | {misses} | {reopened} |", flush=True)
+            outcomes = plan_outcomes(workload, n, args.plans, args.blocks, args.seed, args.list_slots)
+            for plan, (folds, total, misses, reopened, fitting) in outcomes.items():
+                print(f"| {workload} | {n} | `{plan}` | {folds}/{total} | {misses} | {reopened} | {fitting}/{total} |",
+                      flush=True)
     return 0
 
 

@@ -50,9 +50,28 @@ def test_counted_sweep_is_exact_where_no_entry_lies_inside_the_sub_bracket():
 
 def test_the_forward_plan_folds_mid_blocks_where_one_sweep_of_four_edges_does_not():
     outcomes = sweep_model.plan_outcomes("mid", 2048, ["u4,c4", "c4"], blocks=4)
-    folds, blocks, misses, reopened = outcomes["u4,c4"]
-    assert (folds, blocks, misses, reopened) == (4, 4, 0, 0)
+    folds, blocks, misses, reopened, fitting = outcomes["u4,c4"]
+    assert (folds, blocks, misses, reopened, fitting) == (4, 4, 0, 0, 4)
     assert outcomes["c4"][0] < 4 and outcomes["c4"][2] > 0
+
+
+def test_band_counts_the_entries_inside_the_last_bracket_of_unconverged_rows():
+    # Row 0: ten entries spread over [-0.45, 0], not converged by one 2-edge sweep without
+    # counts; row 1: one entry at 0, so tau = -1, the bracket's lower end, and the sweep
+    # ends it. The band is row 0's entries inside its new bracket.
+    y = torch.full((2, 64), -3.0, dtype=torch.float64)
+    y[0, :10] = torch.linspace(-0.45, 0.0, 10, dtype=torch.float64)
+    y[1, 0] = 0.0
+    tau = solve_tau(y, 1.5)[:, 0]
+    lo = torch.tensor([-1.0, -1.0], dtype=torch.float64)
+    hi = torch.tensor([-0.05, -0.05], dtype=torch.float64)
+    _, sweeps = sweep_model.parse_plan("u2")
+    folds, misses, reopened, band = sweep_model.run_plan(y, tau, lo, hi, None, sweeps)
+    points = lo[:, None] + (hi - lo)[:, None] * torch.arange(2, dtype=y.dtype)
+    new_lo, new_hi, _, done = sweep_model.update_bracket(lo, hi, *sweep_model.edge_statistics(y, points), False)
+    expected = ((y[0] > new_lo[0]) & (y[0] <= new_hi[0])).sum().item()
+    assert not bool(done[0]) and expected > 0
+    assert band == expected
 
 
 @pytest.mark.parametrize("plan", ["", "low=0.2", "x4", "c1", "c4,,u4"])

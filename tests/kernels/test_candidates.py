@@ -117,24 +117,27 @@ def test_listed_threshold_solves_entmax15_rows(backend):
 
 
 @pytest.mark.interpret
-def test_dense_blocks_take_candidate_lists(monkeypatch):
-    q, k, v = make_qkv(1, 2, 1, 1024, 1024, 64, torch.float16, device="cpu")
+@pytest.mark.parametrize("is_causal", [True, False])
+def test_dense_blocks_take_candidate_lists(monkeypatch, is_causal):
+    # Not causal: 700 queries against 1024 keys, the last row block part full.
+    n_queries = 1024 if is_causal else 700
+    q, k, v = make_qkv(1, 2, 1, n_queries, 1024, 64, torch.float16, device="cpu")
     scale = 64**-0.5
     rule = candidates_module.takes_lists
     # Under the interpreter the kernel resolves its helpers through the module.
     monkeypatch.setattr(candidates_module, "takes_lists",
                         lambda lo, hi, local_lo, n_keys, active: rule.fn(lo, hi, local_lo, n_keys * 2, active))
     flags = record_handled(monkeypatch)
-    out, tau, tile_max, u_mean = check_forward(q, k, v, 1.5, True, scale, None)
+    out, tau, tile_max, u_mean = check_forward(q, k, v, 1.5, is_causal, scale, None)
     handled = flags[0]
     assert handled.sum().item() >= 8, handled
-    plain = attention_forward(q, k, v, 1.5, True, scale, None, config=without_candidates(torch.float16, 64))
+    plain = attention_forward(q, k, v, 1.5, is_causal, scale, None, config=without_candidates(torch.float16, 64))
     torch.testing.assert_close(tau, plain[1], atol=tau_tolerance(1.5, torch.float16), rtol=0)
     torch.testing.assert_close(out, plain[0], atol=2.0**-10, rtol=2.0**-9)
     torch.testing.assert_close(u_mean, plain[3], atol=2e-3, rtol=1e-3)
     assert torch.equal(torch.isfinite(tile_max), torch.isfinite(plain[2]))
     # Outside the handled blocks nothing moved.
-    rows = ~handled.bool().repeat_interleave(64, dim=2)[:, :, :1024]
+    rows = ~handled.bool().repeat_interleave(64, dim=2)[:, :, :n_queries]
     assert torch.equal(out[rows], plain[0][rows]) and torch.equal(tau[rows], plain[1][rows])
 
 
@@ -189,24 +192,26 @@ def test_lists_widen_their_row_offsets_alone(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("n, seqlens", [(4096, None), (8192, None), (4096, [4096, 3000])])
-def test_gpu_dense_blocks_take_candidate_lists(monkeypatch, n, seqlens):
+@pytest.mark.parametrize("n, seqlens, is_causal", [(4096, None, True), (8192, None, True), (4096, [4096, 3000], True),
+                                                  (4096, [4096, 3000], False)])
+def test_gpu_dense_blocks_take_candidate_lists(monkeypatch, n, seqlens, is_causal):
     batch = 1 if seqlens is None else len(seqlens)
     q, k, v = make_qkv(batch, 2, 1, n, n, 128, torch.bfloat16)
     lengths = None if seqlens is None else torch.tensor(seqlens, device="cuda")
     flags = record_handled(monkeypatch)
-    out, tau, tile_max, u_mean = attention_forward(q, k, v, 1.5, True, 128**-0.5, lengths)
+    out, tau, tile_max, u_mean = attention_forward(q, k, v, 1.5, is_causal, 128**-0.5, lengths)
     handled = flags[0]
     assert handled.float().mean().item() >= 0.5, handled
-    ref_out, ref_tau, _, ref_u_mean = reference.attention_forward(q.double(), k.double(), v.double(), 1.5, True,
+    ref_out, ref_tau, _, ref_u_mean = reference.attention_forward(q.double(), k.double(), v.double(), 1.5, is_causal,
                                                                   128**-0.5, lengths)
     assert (out.double() - ref_out).abs().max().item() <= TOLERANCES[torch.bfloat16]["out"]
     assert (u_mean.double() - ref_u_mean.double()).abs().max().item() <= TOLERANCES[torch.bfloat16]["out"]
     finite = torch.isfinite(ref_tau)
     assert torch.equal(finite, torch.isfinite(tau))
     assert (tau[finite].double() - ref_tau[finite].double()).abs().max().item() <= 1e-4
-    check_tile_max(tile_max, q, k, tau, 1.5, True, 128**-0.5, lengths)
-    plain = attention_forward(q, k, v, 1.5, True, 128**-0.5, lengths, config=without_candidates(torch.bfloat16, 128))
+    check_tile_max(tile_max, q, k, tau, 1.5, is_causal, 128**-0.5, lengths)
+    plain = attention_forward(q, k, v, 1.5, is_causal, 128**-0.5, lengths,
+                              config=without_candidates(torch.bfloat16, 128))
     assert torch.equal(torch.isfinite(tile_max), torch.isfinite(plain[2]))
 
 
