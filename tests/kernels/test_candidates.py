@@ -37,6 +37,14 @@ def record_handled(monkeypatch):
     return flags
 
 
+def lists_from_half_the_keys(monkeypatch):
+    """Blocks whose rows see LIST_MIN_KEYS / 2 keys take lists, so small problems reach them.
+    Under the interpreter the kernel resolves its helpers through the module."""
+    rule = candidates_module.takes_lists
+    monkeypatch.setattr(candidates_module, "takes_lists",
+                        lambda lo, hi, local_lo, n_keys, active: rule.fn(lo, hi, local_lo, n_keys * 2, active))
+
+
 def without_candidates(dtype, head_dim):
     return dict(default_forward_config(head_dim, dtype), NO_CANDIDATES=True)
 
@@ -123,10 +131,7 @@ def test_dense_blocks_take_candidate_lists(monkeypatch, is_causal):
     n_queries = 1024 if is_causal else 700
     q, k, v = make_qkv(1, 2, 1, n_queries, 1024, 64, torch.float16, device="cpu")
     scale = 64**-0.5
-    rule = candidates_module.takes_lists
-    # Under the interpreter the kernel resolves its helpers through the module.
-    monkeypatch.setattr(candidates_module, "takes_lists",
-                        lambda lo, hi, local_lo, n_keys, active: rule.fn(lo, hi, local_lo, n_keys * 2, active))
+    lists_from_half_the_keys(monkeypatch)
     flags = record_handled(monkeypatch)
     out, tau, tile_max, u_mean = check_forward(q, k, v, 1.5, is_causal, scale, None)
     handled = flags[0]
@@ -144,9 +149,7 @@ def test_dense_blocks_take_candidate_lists(monkeypatch, is_causal):
 @pytest.mark.interpret
 def test_overflowing_lists_fall_back_bitwise(monkeypatch):
     q, k, v = make_qkv(1, 1, 1, 640, 640, 32, torch.float16, device="cpu")
-    rule = candidates_module.takes_lists
-    monkeypatch.setattr(candidates_module, "takes_lists",
-                        lambda lo, hi, local_lo, n_keys, active: rule.fn(lo, hi, local_lo, n_keys * 2, active))
+    lists_from_half_the_keys(monkeypatch)
     monkeypatch.setattr(candidates_module, "MAX_CANDIDATES", tl.constexpr(2))
     flags = record_handled(monkeypatch)
     listed = attention_forward(q, k, v, 1.5, True, 32**-0.5, None)
@@ -161,9 +164,7 @@ def test_lists_widen_their_row_offsets_alone(monkeypatch):
     # A list row (256 int32) outgrows int32 offsets before a query row of D = 64 does; the
     # predicate is made to see only the lists as too large, as they would be at 2^23 rows.
     q, k, v = make_qkv(1, 2, 1, 640, 640, 64, torch.float16, device="cpu")
-    rule = candidates_module.takes_lists
-    monkeypatch.setattr(candidates_module, "takes_lists",
-                        lambda lo, hi, local_lo, n_keys, active: rule.fn(lo, hi, local_lo, n_keys * 2, active))
+    lists_from_half_the_keys(monkeypatch)
     needs_int64 = forward_module._needs_int64
     monkeypatch.setattr(forward_module, "_needs_int64",
                         lambda *tensors: any(t.dtype == torch.int32 and t.shape[-1] == 256 for t in tensors))
