@@ -1185,16 +1185,19 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     if not with_output:
         return buffers
     fold_tol = fold_tolerance(alpha, query.dtype)
-    # Dense row blocks take candidate lists (kernels/candidates.py) where the forward
-    # folds (alpha = 1.5, 16-bit outputs); the threshold/output kernel skips them.
-    by_candidates = fold_tol > 0.0 and not cfg.pop("NO_CANDIDATES", False)
-    if by_candidates:
-        from adasplash_compile.kernels.candidates import launch_candidates
+    from adasplash_compile.kernels.candidates import LIST_MIN_KEYS, launch_candidates
 
-        # CANDIDATE_PTX may be forced (the mutation-analysis tests build the CUDA form on CPU tensors).
+    # Dense row blocks take candidate lists (kernels/candidates.py) where the forward
+    # folds (alpha = 1.5, 16-bit outputs); the threshold/output kernel skips them. Where no
+    # row sees LIST_MIN_KEYS keys none can, and the lists' launches and memory are spared.
+    no_candidates = cfg.pop("NO_CANDIDATES", False)
+    # CANDIDATE_PTX may be forced (the mutation-analysis tests build the CUDA form on CPU tensors).
+    candidate_ptx = cfg.pop("CANDIDATE_PTX", None)
+    by_candidates = fold_tol > 0.0 and n_keys >= LIST_MIN_KEYS.value and not no_candidates
+    if by_candidates:
         handled = launch_candidates(query, key, value, out, buffers["u_value_mean"], row_max, floor, local_floor, tau,
                                     bound, rel_bound, tile_max, tile_list, seqlens_arg, has_seqlens, grid, group,
-                                    qk_scale, alpha, launch, common, cfg.pop("CANDIDATE_PTX", None))
+                                    qk_scale, alpha, launch, common, candidate_ptx)
     else:
         # Never read without SKIP_HANDLED: any (B, H, ...) tensor stands in for the flags.
         handled = tau

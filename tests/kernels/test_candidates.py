@@ -146,6 +146,26 @@ def test_dense_blocks_take_candidate_lists(monkeypatch, is_causal):
     assert torch.equal(out[rows], plain[0][rows]) and torch.equal(tau[rows], plain[1][rows])
 
 
+@pytest.mark.parametrize("n_keys, listed", [(candidates_module.LIST_MIN_KEYS.value - 1, False),
+                                             (candidates_module.LIST_MIN_KEYS.value, True)])
+def test_lists_launch_only_where_a_row_can_see_enough_keys(n_keys, listed):
+    launched = []
+
+    class Recording:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launched.append(self.kernel.fn.__name__)
+
+    q = torch.randn(1, 2, 70, 64, dtype=torch.bfloat16)
+    k = torch.randn(1, 1, n_keys, 64, dtype=torch.bfloat16)
+    attention_forward(q, k, k.clone(), 1.5, True, 0.125, None, wrap=Recording)
+    assert ("_adasplash_fwd_candidates" in launched) == listed
+    assert ("_adasplash_fwd_candidate_output" in launched) == listed
+    assert "_adasplash_fwd_tau_out" in launched
+
+
 @pytest.mark.interpret
 def test_overflowing_lists_fall_back_bitwise(monkeypatch):
     q, k, v = make_qkv(1, 1, 1, 640, 640, 32, torch.float16, device="cpu")

@@ -209,7 +209,7 @@ def test_mutation_analysis_reports_only_outputs(suite):
     writes = kernel_writes(
         "from adasplash_compile.kernels.forward import attention_forward, default_forward_config\n"
         "q = torch.randn(1, 2, 70, 64, dtype=torch.bfloat16)\n"
-        "k = torch.randn(1, 1, 130, 64, dtype=torch.bfloat16)\n"
+        "k = torch.randn(1, 1, 600, 64, dtype=torch.bfloat16)\n"
         # The candidate kernels as CUDA builds them (kernels/candidates.py, PTX appends).
         "config = dict(default_forward_config(64, torch.bfloat16), CANDIDATE_PTX=True)\n"
         "attention_forward(q, k, k.clone(), 1.5, True, 0.125, torch.tensor([100]), wrap=Capture, config=config)\n"
