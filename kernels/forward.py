@@ -1185,6 +1185,7 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     if not with_output:
         return buffers
     fold_tol = fold_tolerance(alpha, query.dtype)
+    # Imported here: kernels/candidates.py imports this module's helpers.
     from adasplash_compile.kernels.candidates import LIST_MIN_KEYS, launch_candidates
 
     # Dense row blocks take candidate lists (kernels/candidates.py) where the forward
