@@ -45,11 +45,14 @@ from adasplash_compile.kernels.forward import (
     program_row_block,
     query_rows,
     score_tile,
+    start_bracket,
 )
 from adasplash_compile.kernels.low_bracket import lifted_block
 from adasplash_compile.kernels.masking import heaviest_first, valid_lengths, visible_key_end
-from adasplash_compile.kernels.tau import tau_init
+from adasplash_compile.kernels.tau import ALPHA_ONE_HALF
 
+# The lists' threshold solve is alpha = 1.5's (``solve_listed_threshold``).
+ALPHA_MODE: tl.constexpr = tl.constexpr(ALPHA_ONE_HALF)
 # Slots per row: a dense row has at most 73 entries above its floor in the model above;
 # at 64 slots 25-29% of the dense benchmark's blocks overflowed on the H100 (N = 8192,
 # 32768), and a block with a row past this takes the threshold/output kernel instead.
@@ -120,13 +123,9 @@ def takes_lists(lo, hi, local_lo, n_keys, active):
 @triton.jit
 def block_bracket(m_ptr, floor_ptr, local_floor_ptr, row_offset, offs_m, M, n_i, alpha):
     """The rows' (m, m_shift, lo, hi, tau', active) as the threshold/output kernel starts
-    from them (tau_init's bracket raised to the max sweep's floor), and whether the block
-    takes lists (``takes_lists``)."""
-    m_i = tl.load(m_ptr + row_offset, mask=offs_m < M, other=float("-inf"))
-    m_shift = tl.where(m_i > float("-inf"), m_i, 0.0)
-    lo, hi, tau_i, active = tau_init(m_i, n_i, alpha, 1)
-    floor_i = tl.load(floor_ptr + row_offset, mask=offs_m < M, other=float("-inf"))
-    lo = tl.where(active, tl.minimum(tl.maximum(lo, floor_i - m_shift), hi), lo)
+    from them (``start_bracket``), and whether the block takes lists (``takes_lists``)."""
+    m_i, m_shift, lo, hi, tau_i, active = start_bracket(m_ptr, floor_ptr, row_offset, offs_m, M, n_i, alpha,
+                                                        ALPHA_MODE)
     local_floor = tl.load(local_floor_ptr + row_offset, mask=offs_m < M, other=float("-inf"))
     listed = takes_lists(lo, hi, local_floor - m_shift, n_i, active)
     return m_i, m_shift, lo, hi, tau_i, active, listed

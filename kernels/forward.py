@@ -415,6 +415,20 @@ def block_keys(seqlens_ptr, off_z, start_m, offs_m, M, N, HAS_SEQLENS: tl.conste
 
 
 @triton.jit
+def start_bracket(m_ptr, floor_ptr, row_offset, offs_m, M, n_i, alpha, ALPHA_MODE: tl.constexpr):
+    """The rows' max m (from the max sweep), the shift m_shift (m, or 0 where the row sees
+    nothing: -inf - (-inf) would be NaN) and the shifted bracket (lo, hi, tau', active) that
+    the threshold sweeps start from: tau_init's, its lower end raised to the max sweep's
+    floor <= tau."""
+    m_i = tl.load(m_ptr + row_offset, mask=offs_m < M, other=float("-inf"))
+    m_shift = tl.where(m_i > float("-inf"), m_i, 0.0)
+    lo, hi, tau_i, active = tau_init(m_i, n_i, alpha, ALPHA_MODE)
+    floor_i = tl.load(floor_ptr + row_offset, mask=offs_m < M, other=float("-inf"))
+    lo = tl.where(active, tl.minimum(tl.maximum(lo, floor_i - m_shift), hi), lo)
+    return m_i, m_shift, lo, hi, tau_i, active
+
+
+@triton.jit
 def load_q_tile(q_ptr, offs_m, offs_d, M, stride_qm, stride_qd, HEAD_DIM: tl.constexpr):
     ptrs = q_ptr + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
     return tl.load(ptrs, mask=(offs_m[:, None] < M) & (offs_d[None, :] < HEAD_DIM), other=0.0)
@@ -958,17 +972,10 @@ def _adasplash_fwd_tau_out(
     valid_q, valid_k, n_tiles, n_i, first_masked = block_keys(seqlens_ptr, off_z, start_m, offs_m, M, N, HAS_SEQLENS,
                                                               IS_CAUSAL, BLOCK_M, BLOCK_N)
 
-    m_i = tl.load(m_ptr + row_offset, mask=offs_m < M, other=float("-inf"))
-    has_keys = m_i > float("-inf")
-    # Shift by 0 where the row sees nothing: -inf - (-inf) would be NaN.
-    m_shift = tl.where(has_keys, m_i, 0.0)
-
     # ---- threshold sweeps (kernels/tau.py); tau_i is the shifted threshold tau'
-    lo, hi, tau_i, active = tau_init(m_i, n_i, alpha, ALPHA_MODE)
-    # The max sweep's floor <= tau raises the bracket's lower end above m - 1.
-    floor_i = tl.load(floor_ptr + row_offset, mask=offs_m < M, other=float("-inf"))
-    lo = tl.where(active, tl.minimum(tl.maximum(lo, floor_i - m_shift), hi), lo)
-    sees_keys = has_keys & (n_i > 0)
+    m_i, m_shift, lo, hi, tau_i, active = start_bracket(m_ptr, floor_ptr, row_offset, offs_m, M, n_i, alpha,
+                                                        ALPHA_MODE)
+    sees_keys = (m_i > float("-inf")) & (n_i > 0)
     sweep = tl.zeros([], tl.int32)
     folded = tl.zeros([], tl.int32)
     out = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
