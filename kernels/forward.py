@@ -112,7 +112,11 @@ one program per (Z, H, BLOCK_M rows):
    tensor descriptors, one bulk copy per tile, bitwise the same values: the forward got
    1-3% faster (H100, same process), and 1-5% more with a third pipeline stage
    (``TMA_STAGES``; 113 KB of shared memory, so two programs still share an SM). The max
-   sweep keeps pointer loads (registers).
+   sweep keeps pointer loads: through descriptors its loop issued 316 instructions per
+   tile and thread instead of 351, at 165 registers, or 126 without spills under
+   ``maxnreg`` = 128 (four programs per SM, sm_90 SASS), yet the sweep moved by -2.3% to
+   +1.7% and the forward by at most 0.5% (H100, same process, bitwise equal;
+   benchmarks/results/h100-2026-11-28-latency.md).
 Both kernels take a causal launch's row blocks last block first (kernels/masking.py
 ``heaviest_first``, as does the backward's dQ kernel): the blocks that see the most keys
 start first and the short ones fill in at the end. Outputs bitwise the same; forward
@@ -139,7 +143,13 @@ four). Split into a sweep kernel (137 registers, three programs per SM) and an o
 kernel, the forward gained 2% at N = 32768 and lost 2-5% at N = 8192; split again after
 the fold (sweeps at 168 registers, three programs per SM; outputs bitwise equal), it was
 1.7% slower at mid 32768 and 6% at mid 8192, so it stays one kernel: at two programs per
-SM the sweeps are bound by the instructions they issue, not by latency. Per tile and
+SM the sweeps are bound by the instructions they issue, not by latency. The folded output
+pass is not: counting its entries above the estimate no more (the fold taking the
+sweeps' count instead; 531 -> 504 instructions per tile and thread) moved the forward by
+-1.7% to +0.7%, +0.7% on mid at 32768 (benchmarks/results/h100-2026-11-28-latency.md).
+Triton waits for each score product right after issuing it (``warp_group_dot_wait`` with
+no pending group: only a product's accumulator chain may stay in flight across
+iterations), so a program's per-entry work never overlaps its next product. Per tile and
 thread (SASS, unmasked path, before the lane sums) a sweep issued 558 instructions, 804
 with counts, of which 248 FFMA and 96 FADD were the per-entry statistics and 243 the
 counts; reading the next
@@ -1217,8 +1227,7 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
         *bound.stride()[:4], *tile_list.stride(), *handled.stride()[:3],
         n_queries, n_keys, group, qk_scale, alpha, 1.0 / (alpha - 1.0), tau_tolerance(alpha, query.dtype),
         fold_tol, SCAN=_TILE_SCAN, FOLD=fold_tol > 0.0, SKIP_HANDLED=by_candidates,
-        # The max sweep above keeps pointer loads: with descriptors it compiled to 136
-        # registers (sm_90, triton 3.6), past the 128 that let four programs share an SM.
+        # The max sweep above keeps pointer loads (module docstring: descriptors gained nothing there).
         KV_TMA=bool(kv_tma), **common, **tau_out_tuning,
     )
     return buffers
