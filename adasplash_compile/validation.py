@@ -2,8 +2,9 @@
 
 Each message names the argument, says what was expected and what arrived, so that
 eager, fake (compile/export) and compiled calls fail the same way. Checks read only
-metadata: shapes, dtypes, devices. The one value check (negative ``seqlens``) lives
-in the CPU implementation, where it costs no device sync.
+metadata (shapes, dtypes, devices) and the CPU backend switch (options.BACKEND_ENV). The
+one value check (negative ``seqlens``) lives in the CPU implementation, where it costs no
+device sync.
 """
 
 import math
@@ -11,7 +12,14 @@ import numbers
 
 import torch
 
-from adasplash_compile.options import HEAD_DIM_MULTIPLE, MAX_HEAD_DIM, SUPPORTED_DTYPES, tile_grid
+from adasplash_compile.options import (
+    BACKEND_ENV,
+    HEAD_DIM_MULTIPLE,
+    MAX_HEAD_DIM,
+    SUPPORTED_DTYPES,
+    cpu_uses_triton,
+    tile_grid,
+)
 
 _CPU_ONLY_DTYPES = (torch.float64,)
 
@@ -52,6 +60,19 @@ def check_dtype(name: str, tensor: torch.Tensor) -> None:
         )
 
 
+def check_interpreted_products(name: str, tensor: torch.Tensor) -> None:
+    """CPU tensors sent through the attention kernels (options.BACKEND_ENV) run on Triton's
+    interpreter, whose bfloat16 tl.dot comes out wrong (triton 3.9: a 16 x 16 product off by
+    about 1e10; float16 and float32 are right), so bfloat16 is refused there rather than
+    answered wrongly. The entmax kernel takes no products and keeps bfloat16."""
+    if tensor.device.type == "cpu" and tensor.dtype == torch.bfloat16 and cpu_uses_triton():
+        raise TypeError(
+            f"{name} must have dtype in (float32, float16, float64) on cpu with {BACKEND_ENV}=triton, "
+            f"got torch.bfloat16: Triton's interpreter, which runs the kernels on the CPU, computes "
+            f"bfloat16 products wrongly. Unset {BACKEND_ENV} to run the PyTorch reference instead"
+        )
+
+
 def check_head_dim(head_dim) -> None:
     if head_dim % HEAD_DIM_MULTIPLE != 0 or head_dim > MAX_HEAD_DIM or head_dim < HEAD_DIM_MULTIPLE:
         raise ValueError(
@@ -74,6 +95,7 @@ def check_attention_inputs(query, key, value, alpha, is_causal, seqlens) -> floa
     if not isinstance(is_causal, bool):
         raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__} {is_causal!r}")
     check_dtype("query", query)
+    check_interpreted_products("query", query)
     for name, t in (("key", key), ("value", value)):
         if t.dtype != query.dtype:
             raise TypeError(
