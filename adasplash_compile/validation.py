@@ -51,26 +51,25 @@ def check_scale(scale, head_dim) -> float:
     return scale
 
 
-def check_dtype(name: str, tensor: torch.Tensor) -> None:
-    allowed = SUPPORTED_DTYPES + (_CPU_ONLY_DTYPES if tensor.device.type == "cpu" else ())
+def check_dtype(name: str, tensor: torch.Tensor, products: bool = False) -> None:
+    """tensor's dtype against the supported ones on its device. products: the tensor feeds
+    the attention kernels' matrix products. CPU tensors sent through the kernels
+    (options.BACKEND_ENV) run on Triton's interpreter, whose bfloat16 tl.dot comes out
+    wrong (triton 3.9: a 16 x 16 product off by about 1e10; float16 and float32 are right),
+    so there bfloat16 is refused rather than answered wrongly; the entmax kernel takes no
+    products and keeps it."""
+    on_cpu = tensor.device.type == "cpu"
+    allowed = SUPPORTED_DTYPES + (_CPU_ONLY_DTYPES if on_cpu else ())
+    where, why = tensor.device.type, ""
+    if products and on_cpu and cpu_uses_triton():
+        allowed = tuple(d for d in allowed if d != torch.bfloat16)
+        where += f" with {BACKEND_ENV}=triton"
+        if tensor.dtype == torch.bfloat16:
+            why = (f": Triton's interpreter, which runs the kernels on the CPU, computes bfloat16 products wrongly. "
+                   f"Unset {BACKEND_ENV} to run the PyTorch reference instead")
     if tensor.dtype not in allowed:
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)
-        raise TypeError(
-            f"{name} must have dtype in ({names}) on {tensor.device.type}, got {tensor.dtype}"
-        )
-
-
-def check_interpreted_products(name: str, tensor: torch.Tensor) -> None:
-    """CPU tensors sent through the attention kernels (options.BACKEND_ENV) run on Triton's
-    interpreter, whose bfloat16 tl.dot comes out wrong (triton 3.9: a 16 x 16 product off by
-    about 1e10; float16 and float32 are right), so bfloat16 is refused there rather than
-    answered wrongly. The entmax kernel takes no products and keeps bfloat16."""
-    if tensor.device.type == "cpu" and tensor.dtype == torch.bfloat16 and cpu_uses_triton():
-        raise TypeError(
-            f"{name} must have dtype in (float32, float16, float64) on cpu with {BACKEND_ENV}=triton, "
-            f"got torch.bfloat16: Triton's interpreter, which runs the kernels on the CPU, computes "
-            f"bfloat16 products wrongly. Unset {BACKEND_ENV} to run the PyTorch reference instead"
-        )
+        raise TypeError(f"{name} must have dtype in ({names}) on {where}, got {tensor.dtype}{why}")
 
 
 def check_head_dim(head_dim) -> None:
@@ -94,8 +93,7 @@ def check_attention_inputs(query, key, value, alpha, is_causal, seqlens) -> floa
             )
     if not isinstance(is_causal, bool):
         raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__} {is_causal!r}")
-    check_dtype("query", query)
-    check_interpreted_products("query", query)
+    check_dtype("query", query, products=True)
     for name, t in (("key", key), ("value", value)):
         if t.dtype != query.dtype:
             raise TypeError(

@@ -164,7 +164,7 @@ def test_kernel_backend_on_cpu_rejects_bfloat16(monkeypatch, path):
 def test_reference_backend_on_cpu_keeps_bfloat16(monkeypatch):
     # The refusal belongs to the kernel backend: the PyTorch reference answers bfloat16 on
     # the CPU, and float16 passes the kernel backend's check.
-    from adasplash_compile.validation import check_interpreted_products
+    from adasplash_compile.validation import check_dtype
 
     q, k, v = _qkv(dtype=torch.bfloat16)
     monkeypatch.delenv("ADASPLASH_COMPILE_BACKEND", raising=False)
@@ -172,8 +172,8 @@ def test_reference_backend_on_cpu_keeps_bfloat16(monkeypatch):
     expected = adasplash(q.double(), k.double(), v.double(), is_causal=True)
     assert out.dtype == torch.bfloat16 and (out.double() - expected).abs().max().item() <= 4e-2
     monkeypatch.setenv("ADASPLASH_COMPILE_BACKEND", "triton")
-    check_interpreted_products("query", q.half())
-    check_interpreted_products("query", q.double())
+    check_dtype("query", q.half(), products=True)
+    check_dtype("query", q.double(), products=True)
 
 
 @pytest.mark.parametrize(
