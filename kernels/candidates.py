@@ -221,8 +221,10 @@ def _adasplash_fwd_candidates(
         row_list = candidate_ptr + off_z * stride_cz + off_h * stride_ch + rows_m * stride_cm
         count = tl.zeros([BLOCK_M], tl.int32)
         written = tl.zeros([BLOCK_M], tl.int32)
+        next_tile = tl.load(list_ptr + LIST_HEAD * stride_ln, mask=n_listed > 0, other=0)
         for i in range(0, n_listed):
-            tile_n = tl.load(list_ptr + (i + LIST_HEAD) * stride_ln)
+            tile_n = next_tile
+            next_tile = tl.load(list_ptr + (i + 1 + LIST_HEAD) * stride_ln, mask=i + 1 < n_listed, other=0)
             start_n = tile_n * BLOCK_N
             z = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
                            stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64,

@@ -112,11 +112,14 @@ one program per (Z, H, BLOCK_M rows):
    tensor descriptors, one bulk copy per tile, bitwise the same values: the forward got
    1-3% faster (H100, same process), and 1-5% more with a third pipeline stage
    (``TMA_STAGES``; 113 KB of shared memory, so two programs still share an SM). The max
-   sweep keeps pointer loads: through descriptors its loop issued 316 instructions per
-   tile and thread instead of 351, at 165 registers, or 126 without spills under
-   ``maxnreg`` = 128 (four programs per SM, sm_90 SASS), yet the sweep moved by -2.3% to
-   +1.7% and the forward by at most 0.5% (H100, same process, bitwise equal;
-   benchmarks/results/h100-2026-11-28-latency.md).
+   sweep reads its K tiles through descriptors as well, at the same depth, and every list
+   loop of both kernels reads its next tile index one step ahead (the max sweep's loop
+   says why). Through descriptors alone (two stages) the max sweep had moved by -2.3% to
+   +1.7% and the forward by at most 0.5% (H100, benchmarks/results/h100-2026-11-28-latency.md);
+   the index read one step ahead alone moved the forward by -1.4% to +0.3%; both
+   together, at three stages, the forward by -1.9% to +0.6% (mid 8192 -1.7 and -1.9%,
+   high 32768 +0.6 and +0.3%) and the max sweep by -4.0% to +1.3%, outputs bitwise equal
+   (H200, same process, two runs; benchmarks/results/h200-2026-11-28-read-ahead.md).
 Both kernels take a causal launch's row blocks last block first (kernels/masking.py
 ``heaviest_first``, as does the backward's dQ kernel): the blocks that see the most keys
 start first and the short ones fill in at the end. Outputs bitwise the same; forward
@@ -124,12 +127,12 @@ start first and the short ones fill in at the end. Outputs bitwise the same; for
 bf16, D = 128, mid, high and dense at N = 8192 and 32768, same process).
 
 Compiled for sm_90 (bf16, D = 128, default config; triton 3.6 ptxas): the max sweep uses
-128 registers (offline builds of d9d89f3 and of today's kernel, with the launcher's
-arguments at N = 2000 to 32768; 125 was reported at d9d89f3) and 49 KB of shared memory
-without spills, so four programs (16 warps)
-share an SM; the output kernel 255 registers and 113 KB with descriptors and three
-stages (32 bytes of stack; 82 KB and 80 bytes with pointer loads and two), two programs.
-Neither is bound by a pipe. ncu on the H100 (mid, N = 32768): the output
+165 registers and 64 KB of shared memory without spills through descriptors at three
+stages (offline build at N = 32768), so three programs (12 warps) share an SM; with
+pointer loads at two stages it took 128 registers and 49 KB, four programs. The output
+kernel uses 255 registers and 113 KB with descriptors and three stages (32 bytes of
+stack; 82 KB and 80 bytes with pointer loads and two), two programs. Neither is bound
+by a pipe. ncu on the H100 (mid, N = 32768): the output
 kernel issues in 55% of cycles, its FMA, ALU and tensor pipes 34%, 31% and 30% busy,
 with 2 warps per scheduler of which 0.88 are eligible (waits on fixed latencies and on
 barriers lead); the max sweep issued in 41% of cycles, stalled mostly on barriers (the
@@ -138,8 +141,9 @@ With two stages, Triton issues the copy of a loop's next K tile at the end of th
 and waits for it at the top, so only the other programs on the SM hide it; a third stage
 overlaps it within the program, yet measured 1-3% slower for the output kernel with
 pointer loads (two programs per SM still fit, at 113 KB; with descriptors it is 1-5%
-faster, ``TMA_STAGES``) and 12% slower for the max sweep (three programs instead of
-four). Split into a sweep kernel (137 registers, three programs per SM) and an output
+faster, ``TMA_STAGES``) and 12% slower for the max sweep with pointer loads (three
+programs instead of four; with descriptors and the index read ahead, see above, three
+stages pay). Split into a sweep kernel (137 registers, three programs per SM) and an output
 kernel, the forward gained 2% at N = 32768 and lost 2-5% at N = 8192; split again after
 the fold (sweeps at 168 registers, three programs per SM; outputs bitwise equal), it was
 1.7% slower at mid 32768 and 6% at mid 8192, so it stays one kernel: at two programs per
@@ -152,15 +156,12 @@ no pending group: only a product's accumulator chain may stay in flight across
 iterations), so a program's per-entry work never overlaps its next product. Per tile and
 thread (SASS, unmasked path, before the lane sums) a sweep issued 558 instructions, 804
 with counts, of which 248 FFMA and 96 FADD were the per-entry statistics and 243 the
-counts; reading the next
-tile index a step early, as the backward does, left the forward 0-1.5% slower, and with the
-max sweep's loop too it moved by -1.5% to +0.4%, within a run's spread. Skipping
-the PV products of output-pass tiles that turn out to hold no nonzero (a branch on their
-tile_max) made it 4-8% slower: Triton no longer pipelines the V load whose dot sits in
-the branch. Where the forward's time goes (mid, N = 32768, H100, each phase timed by
-cutting the kernel after it): max sweep 4.5 ms, first sweep 4.0, second sweep 4.6,
-folded output pass 6.2, against 12.4 ms for FA2's whole forward. Eight edges per sweep,
-unrolled, no longer spill and end every sampled mid, dense and high block in two sweeps
+counts. Skipping the PV products of output-pass tiles that turn out to hold no nonzero
+(a branch on their tile_max) made it 4-8% slower: Triton no longer pipelines the V load
+whose dot sits in the branch. Where the forward's time goes (mid, N = 32768, H100, each
+phase timed by cutting the kernel after it): max sweep 4.5 ms, first sweep 4.0, second
+sweep 4.6, folded output pass 6.2, against 12.4 ms for FA2's whole forward. Eight edges
+per sweep, unrolled, no longer spill and end every sampled mid, dense and high block in two sweeps
 (CPU simulation), yet the forward took 14-19% longer than with four edges in three (mid,
 dense and high at N = 8192 and 32768). The first sweep's statistics gathered in the max
 sweep instead (four edges with counts, over every tile it computes) took the max sweep
@@ -282,7 +283,7 @@ def _smem_estimate(config: dict, head_dim: int, dtype: torch.dtype, stages: int)
 
 
 def _descriptor_stages(config: dict) -> int:
-    """Pipelining depth of the threshold/output kernel when it reads K and V through
+    """Pipelining depth of the forward's kernels when they read K (and V) through
     descriptors (``TMA_STAGES``, else the config's num_stages)."""
     return config.get("TMA_STAGES", config["num_stages"])
 
@@ -361,6 +362,15 @@ def _histogram_config(config: dict, descriptors: bool) -> dict:
     stages = _descriptor_stages(config) if descriptors else config["num_stages"]
     return dict(NBINS=config["NBINS"], MAX_SWEEPS=config["MAX_SWEEPS"], EDGE_UNROLL=config["EDGE_UNROLL"],
                 num_warps=config["num_warps"], num_stages=stages)
+
+
+def _rowmax_config(config: dict, descriptors: bool) -> dict:
+    """The max sweep's launch options for a config; descriptors: whether it reads its K
+    tiles through tensor descriptors, at the threshold/output kernel's depth."""
+    options = launch_options(config)
+    if descriptors:
+        options["num_stages"] = _descriptor_stages(config)
+    return options
 
 
 def _distinct(configs: list) -> list:
@@ -603,6 +613,7 @@ def _adasplash_fwd_rowmax(
     HEAD_DIM: tl.constexpr, HAS_SEQLENS: tl.constexpr, IS_CAUSAL: tl.constexpr, ALPHA_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CENTRE_CHUNK: tl.constexpr,
     SCAN: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, SCALE_AS_BITS: tl.constexpr,
+    KV_TMA: tl.constexpr,
 ):
     """Max sweep: row max m, threshold floor and the floor of the rows' two local tiles
     alone (m_ptr, floor_ptr, local_floor_ptr: same strides; kernels/low_bracket.py) and both
@@ -641,6 +652,11 @@ def _adasplash_fwd_rowmax(
     offs_d = tl.arange(0, BLOCK_D)
     q = load_q_tile(q_ptr + off_z * stride_qz + off_h * stride_qh, rows_m, offs_d, M, stride_qm, stride_qd, HEAD_DIM)
     k_base = k_ptr + off_z * stride_kz + off_kh * stride_kh
+    if KV_TMA:
+        k_tiles = (head_descriptor(k_ptr, off_z, stride_kz, tl.num_programs(1) // GROUP, stride_kh, N, stride_kn,
+                                   BLOCK_N, BLOCK_D), off_kh.to(tl.int32))
+    else:
+        k_tiles = k_base
     bound_offset = off_z * stride_bz + off_h * stride_bh + row_block * stride_bm
     bound_row = bound_ptr + bound_offset
     rel_row = rel_bound_ptr + bound_offset
@@ -706,12 +722,26 @@ def _adasplash_fwd_rowmax(
                                              tl.full([BOUND_GROUPS], -1.0, tl.float32), SCAN)
     hist_count = tl.zeros([BLOCK_M, HIST_BINS], tl.float32)
     hist_total = tl.zeros([BLOCK_M, HIST_BINS], tl.float32)
+    # Each list loop reads entry i + 1 at the top of step i, as the backward's loops do:
+    # triton 3.6 issues a tile's copy right after the load of its index, so an index read
+    # in the step that needs it delays the copy by the load's latency every step.
+    # Microbenchmark of the loops' cores over every causal tile (H100, N = 32768;
+    # exp/step_width.py --listed on branch session24-exp), affine / listed / listed and
+    # read ahead: the output pass 9.52 / 10.62 / 9.30 ms, the max pass through
+    # descriptors 3.69 / 4.42 / 3.67. In the whole kernels the other programs on each SM
+    # hide most of that latency already (module docstring: the forward moved by -1.9% to
+    # +0.6%), and together with this loop's descriptors at three stages the max sweep
+    # gained up to 4%. The loads stay inline, not in a helper: torch's
+    # mutation analysis follows a helper's call into every argument it was given, so a
+    # stored pointer computed from its result reported the kernel's inputs as written.
+    next_tile = tl.load(list_ptr + LIST_HEAD * stride_ln, mask=n_listed > 0, other=0)
     for i in range(0, n_listed):
-        tile_n = tl.load(list_ptr + (i + LIST_HEAD) * stride_ln)
+        tile_n = next_tile
+        next_tile = tl.load(list_ptr + (i + 1 + LIST_HEAD) * stride_ln, mask=i + 1 < n_listed, other=0)
         # Scaling by qk_scale > 0 commutes with the max, rounding included: one multiply
         # per row instead of one per entry.
-        qk = score_tile(q, k_base, tile_n * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
-                        stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, False)
+        qk = score_tile(q, k_tiles, tile_n * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
+                        stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, KV_TMA)
         row_max = tl.max(qk, 1) * qk_scale
         m_i = tl.maximum(m_i, row_max)
         store_tile_bounds(bound_row, rel_row, tile_n, stride_bn, row_max, m_i, floor_i, BLOCK_N)
@@ -730,6 +760,9 @@ def _adasplash_fwd_rowmax(
     tl.store(floor_ptr + row_offset, floor_i, mask=offs_m < M)
 
 
+allocate_scratch_before_launch(_adasplash_fwd_rowmax, "KV_TMA")
+
+
 @triton.jit
 def threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo, hi, tau, active, offs_m,
                     offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, tau_tol, stride_kn, stride_kd,
@@ -742,8 +775,10 @@ def threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shif
     # Unrolled edges keep lane statistics (kernels/tau.py ``tau_accumulate_lanes``).
     LANES: tl.constexpr = EDGE_UNROLL >= NBINS
     stats = sweep_statistics(offs_m.shape[0], NBINS, LANES)
+    next_tile = tl.load(list_ptr + LIST_HEAD * stride_ln, mask=n_listed > 0, other=0)
     for i in range(0, n_listed):
-        start_n = tl.load(list_ptr + (i + LIST_HEAD) * stride_ln) * BLOCK_N
+        start_n = next_tile * BLOCK_N
+        next_tile = tl.load(list_ptr + (i + 1 + LIST_HEAD) * stride_ln, mask=i + 1 < n_listed, other=0)
         # Unscaled: tau_accumulate folds qk_scale into its one multiply-add per entry and edge.
         qk = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
                         stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, KV_TMA)
@@ -880,8 +915,10 @@ def output_pass(q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, 
     l_i = tl.zeros([offs_m.shape[0], STAT_LANES], tl.float32)
     u_sum = tl.zeros([offs_m.shape[0], STAT_LANES], tl.float32)
     count = tl.zeros([offs_m.shape[0], STAT_LANES], tl.int32)
+    next_tile = tl.load(list_ptr + LIST_HEAD * stride_ln, mask=n_listed > 0, other=0)
     for i in range(0, n_listed):
-        tile_n = tl.load(list_ptr + (i + LIST_HEAD) * stride_ln)
+        tile_n = next_tile
+        next_tile = tl.load(list_ptr + (i + 1 + LIST_HEAD) * stride_ln, mask=i + 1 < n_listed, other=0)
         start_n = tile_n * BLOCK_N
         qk = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
                         stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, KV_TMA)
@@ -1179,7 +1216,7 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     tile_list = torch.empty((*tiles[:3], tiles[3] + LIST_HEAD.value - 1), dtype=torch.int32, device=query.device)
     if autotune:
         candidates = autotune_forward_configs(head_dim, query.dtype)
-        rowmax_kernel = autotuned(_adasplash_fwd_rowmax, _distinct([launch_options(c) for c in candidates]),
+        rowmax_kernel = autotuned(_adasplash_fwd_rowmax, _distinct([_rowmax_config(c, kv_tma) for c in candidates]),
                                   key=("M", "N"))
         tau_out_kernel = autotuned(_adasplash_fwd_tau_out,
                                    _distinct([_histogram_config(c, kv_tma) for c in candidates]),
@@ -1187,7 +1224,7 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
         rowmax_tuning, tau_out_tuning = {}, {}
     else:
         rowmax_kernel, tau_out_kernel = _adasplash_fwd_rowmax, _adasplash_fwd_tau_out
-        rowmax_tuning = launch_options(cfg)
+        rowmax_tuning = _rowmax_config(cfg, kv_tma)
         tau_out_tuning = _histogram_config(cfg, kv_tma)
     centre, radius = key_tile_summary(key, n_queries, seqlens_arg, has_seqlens, common["BLOCK_D"], bool(use_int64),
                                       wrap=wrap)
@@ -1197,7 +1234,8 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
         *query.stride(), *key.stride(), *centre.stride(), *radius.stride(), *row_max.stride(), *bound.stride()[:4],
         *tile_list.stride(),
         n_queries, n_keys, group, scale_argument, alpha, 1.0 / (alpha - 1.0), tile_max.shape[3],
-        CENTRE_CHUNK=_CENTRE_CHUNK, SCAN=_TILE_SCAN, SCALE_AS_BITS=scale_as_bits, **common, **rowmax_tuning,
+        CENTRE_CHUNK=_CENTRE_CHUNK, SCAN=_TILE_SCAN, SCALE_AS_BITS=scale_as_bits, KV_TMA=bool(kv_tma),
+        **common, **rowmax_tuning,
     )
     if not with_output:
         return buffers
@@ -1227,7 +1265,6 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
         *bound.stride()[:4], *tile_list.stride(), *handled.stride()[:3],
         n_queries, n_keys, group, qk_scale, alpha, 1.0 / (alpha - 1.0), tau_tolerance(alpha, query.dtype),
         fold_tol, SCAN=_TILE_SCAN, FOLD=fold_tol > 0.0, SKIP_HANDLED=by_candidates,
-        # The max sweep above keeps pointer loads (module docstring: descriptors gained nothing there).
         KV_TMA=bool(kv_tma), **common, **tau_out_tuning,
     )
     return buffers

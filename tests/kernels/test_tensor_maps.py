@@ -16,7 +16,7 @@ from adasplash_compile import reference
 from adasplash_compile.kernels.backward import attention_backward, backward_config
 from adasplash_compile.kernels.forward import _block_d, attention_forward, default_forward_config
 from adasplash_compile.kernels.backward import _adasplash_bwd_dkdv, _adasplash_bwd_dq
-from adasplash_compile.kernels.forward import _adasplash_fwd_tau_out
+from adasplash_compile.kernels.forward import _adasplash_fwd_rowmax, _adasplash_fwd_tau_out
 from adasplash_compile.kernels.tensor_maps import NullAllocator, _aligned, _allocator, descriptors_supported
 from tests.conftest import DEVICE
 from tests.kernels.mutation import IN_BOTH_SUITES, kernel_writes
@@ -104,6 +104,8 @@ def test_mutation_analysis_of_the_descriptor_path_reports_only_outputs(suite):
         "attention_backward(q.clone(), q, k, k.clone(), tau, tile_max, u_mean, 1.5, True, 0.125, None,\n"
         "                   config=backward_config(64, torch.bfloat16)._replace(tma=True), wrap=Capture)\n"
     )
+    assert writes["_adasplash_fwd_rowmax"] == ["bound_ptr", "floor_ptr", "local_floor_ptr", "m_ptr", "rel_bound_ptr",
+                                               "tile_list_ptr"]
     assert writes["_adasplash_fwd_tau_out"] == ["out_ptr", "tau_ptr", "tile_list_ptr", "tile_max_ptr",
                                                 "u_value_mean_ptr"]
     assert writes["_adasplash_bwd_dq"] == ["delta_ptr", "dq_ptr"]
@@ -183,8 +185,9 @@ def test_gpu_kernels_set_the_scratch_allocator_in_the_thread_that_launches_them(
     assert_bitwise_equal(run_both(q, k, v, do, True, None, (None,), (None,))[0], launched[0])
 
 
-@pytest.mark.parametrize("kernel, flag", [(_adasplash_fwd_tau_out, "KV_TMA"), (_adasplash_bwd_dq, "TMA"),
-                                          (_adasplash_bwd_dkdv, "TMA")], ids=["tau_out", "dq", "dkdv"])
+@pytest.mark.parametrize("kernel, flag", [(_adasplash_fwd_rowmax, "KV_TMA"), (_adasplash_fwd_tau_out, "KV_TMA"),
+                                          (_adasplash_bwd_dq, "TMA"), (_adasplash_bwd_dkdv, "TMA")],
+                         ids=["rowmax", "tau_out", "dq", "dkdv"])
 @pytest.mark.parametrize("by_position", [False, True])
 @pytest.mark.parametrize("flag_on", [False, True])
 def test_launch_hook_sets_the_allocator_where_the_descriptor_flag_is_on(kernel, flag, by_position, flag_on):
