@@ -627,11 +627,11 @@ def _adasplash_fwd_rowmax(
     symbolic scale under dynamic shapes).
     """
     # Inductor passes Python floats to user kernels as fp64, and an fp64 qk_scale alone
-    # took this kernel from 128 to 131 registers (sm_90, triton 3.6 ptxas: the PTX differs
-    # only in the parameter's load and conversion), one program fewer per SM, and the
-    # compiled forward 3-5% behind eager on the mid and high workloads. Its bits as an
-    # int32 reach the kernel alike on both paths. tl.cast, not tensor methods: torch
-    # 2.11's mutation analysis passes scalars in as Python ints.
+    # took this kernel, with pointer loads, from 128 to 131 registers (sm_90, triton 3.6
+    # ptxas: the PTX differs only in the parameter's load and conversion), one program
+    # fewer per SM, and the compiled forward 3-5% behind eager on the mid and high
+    # workloads. Its bits as an int32 reach the kernel alike on both paths. tl.cast, not
+    # tensor methods: torch 2.11's mutation analysis passes scalars in as Python ints.
     if SCALE_AS_BITS:
         qk_scale = tl.cast(tl.cast(qk_scale_bits, tl.int32), tl.float32, bitcast=True)
     else:
@@ -675,16 +675,17 @@ def _adasplash_fwd_rowmax(
                                    alpha, inv, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64,
                                    ALPHA_MODE, BLOCK_N)
     floor_i = tl.maximum(floor_i, m_i - 1.0)
-    # Stored now, not at the end, where one more live row vector took the sweep to 129
-    # registers (sm_90, triton 3.6): the floor before the histogram lifts it.
+    # Stored now, not at the end, where one more live row vector took the sweep with
+    # pointer loads to 129 registers (sm_90, triton 3.6): the floor before the histogram
+    # lifts it.
     tl.store(local_floor_ptr + off_z * stride_mz + off_h * stride_mh + rows_m * stride_mm, floor_i, mask=offs_m < M)
 
     # 2. Centre bounds (kernels/key_summary.py) for every tile, CENTRE_CHUNK tiles per
     #    product: z_ij <= qk_scale (q_i.c_J + |q_i| r_J). The slack term covers the
     #    float32 rounding of both dot products (relative 1e-4, far above it).
     #    |q_i| is the diagonal of Q.Q^T, one more small product: a float32 copy of the
-    #    Q tile for a sum of squares raised the kernel from 128 to 220 registers, which
-    #    halves the programs per SM for the whole sweep.
+    #    Q tile for a sum of squares raised the kernel (pointer loads) from 128 to 220
+    #    registers, which halves the programs per SM for the whole sweep.
     q_gram = tl.dot(q, tl.trans(q), input_precision=DOT_PRECISION)
     q_norm = tl.sqrt(tl.sum(tl.where(offs_m[:, None] == offs_m[None, :], q_gram, 0.0), 1))
     c_base = centre_ptr + off_z * stride_cz + off_kh * stride_ch
