@@ -29,9 +29,7 @@ padded shape.
 BACKEND_ENV: ``ADASPLASH_COMPILE_BACKEND=triton`` sends CPU tensors through the
 Triton kernels; together with ``TRITON_INTERPRET=1`` this runs the real kernels
 on the CPU, which is how CPU CI tests them. Any other value, or none, keeps CPU
-tensors on the pure-PyTorch reference. Under it the attention op refuses bfloat16 CPU
-tensors (validation.check_dtype): the interpreter's bfloat16 products are
-wrong.
+tensors on the pure-PyTorch reference.
 """
 
 import os

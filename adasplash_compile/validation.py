@@ -2,9 +2,8 @@
 
 Each message names the argument, says what was expected and what arrived, so that
 eager, fake (compile/export) and compiled calls fail the same way. Checks read only
-metadata (shapes, dtypes, devices) and the CPU backend switch (options.BACKEND_ENV). The
-one value check (negative ``seqlens``) lives in the CPU implementation, where it costs no
-device sync.
+metadata: shapes, dtypes, devices. The one value check (negative ``seqlens``) lives
+in the CPU implementation, where it costs no device sync.
 """
 
 import math
@@ -12,14 +11,7 @@ import numbers
 
 import torch
 
-from adasplash_compile.options import (
-    BACKEND_ENV,
-    HEAD_DIM_MULTIPLE,
-    MAX_HEAD_DIM,
-    SUPPORTED_DTYPES,
-    cpu_uses_triton,
-    tile_grid,
-)
+from adasplash_compile.options import HEAD_DIM_MULTIPLE, MAX_HEAD_DIM, SUPPORTED_DTYPES, tile_grid
 
 _CPU_ONLY_DTYPES = (torch.float64,)
 
@@ -51,25 +43,12 @@ def check_scale(scale, head_dim) -> float:
     return scale
 
 
-def check_dtype(name: str, tensor: torch.Tensor, products: bool = False) -> None:
-    """tensor's dtype against the supported ones on its device. products: the tensor feeds
-    the attention kernels' matrix products. CPU tensors sent through the kernels
-    (options.BACKEND_ENV) run on Triton's interpreter, whose bfloat16 tl.dot comes out
-    wrong (triton 3.9: a 16 x 16 product off by about 1e10; float16 and float32 are right),
-    so there bfloat16 is refused rather than answered wrongly; the entmax kernel takes no
-    products and keeps it."""
-    on_cpu = tensor.device.type == "cpu"
-    allowed = SUPPORTED_DTYPES + (_CPU_ONLY_DTYPES if on_cpu else ())
-    where, why = tensor.device.type, ""
-    if products and on_cpu and cpu_uses_triton():
-        allowed = tuple(d for d in allowed if d != torch.bfloat16)
-        where += f" with {BACKEND_ENV}=triton"
-        if tensor.dtype == torch.bfloat16:
-            why = (f": Triton's interpreter, which runs the kernels on the CPU, computes bfloat16 products wrongly. "
-                   f"Unset {BACKEND_ENV} to run the PyTorch reference instead")
+def check_dtype(name: str, tensor: torch.Tensor) -> None:
+    """tensor's dtype against the supported ones on its device."""
+    allowed = SUPPORTED_DTYPES + (_CPU_ONLY_DTYPES if tensor.device.type == "cpu" else ())
     if tensor.dtype not in allowed:
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)
-        raise TypeError(f"{name} must have dtype in ({names}) on {where}, got {tensor.dtype}{why}")
+        raise TypeError(f"{name} must have dtype in ({names}) on {tensor.device.type}, got {tensor.dtype}")
 
 
 def check_head_dim(head_dim) -> None:
@@ -93,7 +72,7 @@ def check_attention_inputs(query, key, value, alpha, is_causal, seqlens) -> floa
             )
     if not isinstance(is_causal, bool):
         raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__} {is_causal!r}")
-    check_dtype("query", query, products=True)
+    check_dtype("query", query)
     for name, t in (("key", key), ("value", value)):
         if t.dtype != query.dtype:
             raise TypeError(

@@ -63,6 +63,7 @@ from adasplash_compile.kernels.masking import (
     visible_query_start,
     visible_tile,
 )
+from adasplash_compile.kernels.products import tile_dot
 from adasplash_compile.kernels.tensor_maps import (
     allocate_scratch_before_launch,
     descriptor_tile,
@@ -371,12 +372,12 @@ def _adasplash_bwd_dq_step(
         keys_ok = keys < n_keys
         k = _load_tile(k_base + start_n.to(tl.int64) * stride_kn, k_offs, keys_ok, d_ok, EVEN_D)
         v = _load_tile(v_base + start_n.to(tl.int64) * stride_vn, v_offs, keys_ok, d_ok, EVEN_D)
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    s = tile_dot(q, tl.trans(k), None, DOT_PRECISION)
     # Masked pairs (causal, padding, ragged edge) get z = -inf, hence p = u = 0.
     visible = visible_tile(offs_m, keys, n_queries, n_keys, valid_queries, valid_keys, IS_CAUSAL)
     z = tl.where(visible, s * qk_scale, float("-inf"))
     _, u = _entmax_weights(z, tau[:, None], u_exp, ALPHA_MODE)
-    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+    dp = tile_dot(do, tl.trans(v), None, DOT_PRECISION)
     return u, dp, k
 
 
@@ -496,9 +497,9 @@ def _adasplash_bwd_dq(
                 acc += (delta - delta_seen)[:, None] * u_key
                 delta = delta_seen
             ds = u * (dp - delta[:, None])
-            acc = tl.dot(ds.to(k.dtype), k, acc, input_precision=DOT_PRECISION)
+            acc = tile_dot(ds.to(k.dtype), k, acc, DOT_PRECISION)
             if ALPHA_MODE != ALPHA_ENTMAX15:
-                u_key = tl.dot(u.to(k.dtype), k, u_key, input_precision=DOT_PRECISION)
+                u_key = tile_dot(u.to(k.dtype), k, u_key, DOT_PRECISION)
     tl.store(delta_ptr + bh.to(tl.int64) * n_queries + offs_m, delta, mask=rows_ok)
 
     dq_offs = _tile_offsets(tl.arange(0, BLOCK_M), stride_dqm, offs_d, stride_dqd)
@@ -610,14 +611,14 @@ def _adasplash_bwd_dkdv(
             tau = tl.load(tau_base + offs_m.to(tl.int64) * stride_tm, mask=rows_ok, other=float("inf"))
             delta = tl.load(delta_base + offs_m, mask=rows_ok, other=0.0)
 
-            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+            s_t = tile_dot(k, tl.trans(q), None, DOT_PRECISION)
             visible = visible_tile(offs_m, offs_n, n_queries, n_keys, valid_queries, valid_keys, IS_CAUSAL)
             z_t = tl.where(tl.trans(visible), s_t * qk_scale, float("-inf"))
             p_t, u_t = _entmax_weights(z_t, tau[None, :], u_exp, ALPHA_MODE)
-            dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+            dv = tile_dot(p_t.to(do.dtype), do, dv, DOT_PRECISION)
+            dp_t = tile_dot(v, tl.trans(do), None, DOT_PRECISION)
             ds_t = u_t * (dp_t - delta[None, :])
-            dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+            dk = tile_dot(ds_t.to(q.dtype), q, dk, DOT_PRECISION)
 
     dk_offs = _tile_offsets(tl.arange(0, BLOCK_N), stride_dkn, offs_d, stride_dkd)
     dv_offs = _tile_offsets(tl.arange(0, BLOCK_N), stride_dvn, offs_d, stride_dvd)

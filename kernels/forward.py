@@ -193,6 +193,7 @@ from adasplash_compile.kernels.fold_output import (
 from adasplash_compile.kernels.histogram_floor import HIST_BINS, histogram_add, histogram_floor
 from adasplash_compile.kernels.key_summary import key_tile_summary
 from adasplash_compile.kernels.low_bracket import low_top, reopen_above, starts_low
+from adasplash_compile.kernels.products import tile_dot
 from adasplash_compile.kernels.tensor_maps import (
     allocate_scratch_before_launch,
     descriptor_tile,
@@ -494,7 +495,7 @@ def score_tile(q, k_ref, start_n, offs_m, offs_n_base, offs_d, M, N, valid_q, va
     """
     offs_n = start_n + offs_n_base
     kt = load_kv_tile(k_ref, start_n, offs_n, offs_d, N, stride_kn, stride_kd, HEAD_DIM, USE_INT64, KV_TMA, True)
-    z = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+    z = tile_dot(q, kt, None, DOT_PRECISION) * qk_scale
     if masked:
         z = tl.where(visible_tile(offs_m, offs_n, M, N, valid_q, valid_k, IS_CAUSAL), z, float("-inf"))
     return z
@@ -686,7 +687,7 @@ def _adasplash_fwd_rowmax(
     #    |q_i| is the diagonal of Q.Q^T, one more small product: a float32 copy of the
     #    Q tile for a sum of squares raised the kernel (pointer loads) from 128 to 220
     #    registers, which halves the programs per SM for the whole sweep.
-    q_gram = tl.dot(q, tl.trans(q), input_precision=DOT_PRECISION)
+    q_gram = tile_dot(q, tl.trans(q), None, DOT_PRECISION)
     q_norm = tl.sqrt(tl.sum(tl.where(offs_m[:, None] == offs_m[None, :], q_gram, 0.0), 1))
     c_base = centre_ptr + off_z * stride_cz + off_kh * stride_ch
     r_base = radius_ptr + off_z * stride_rz + off_kh * stride_rh
@@ -699,7 +700,7 @@ def _adasplash_fwd_rowmax(
         radius = tl.load(r_base + tiles * stride_rn, mask=inside, other=0.0)
         centre_f32 = centres.to(tl.float32)
         centre_norm = tl.sqrt(tl.sum(centre_f32 * centre_f32, 1))
-        dots = tl.dot(q, tl.trans(centres), input_precision=DOT_PRECISION)
+        dots = tile_dot(q, tl.trans(centres), None, DOT_PRECISION)
         slack = radius * 1.0001 + 1e-4 * centre_norm
         upper = qk_scale * (dots + q_norm[:, None] * slack[None, :])
         # Only (row, tile) pairs where the row sees a key of the tile.
@@ -941,10 +942,10 @@ def output_pass(q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, 
         tl.store(tile_max_row + tile_n * stride_tn, support_max)
         v = load_kv_tile(v_base, start_n, start_n + offs_n, offs_d, N, stride_vn, stride_vd, HEAD_DIM, USE_INT64,
                          KV_TMA, False)
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        acc = tile_dot(p.to(v.dtype), v, acc, DOT_PRECISION)
         if ALPHA_MODE == 1:
             u_sum += lane_sums(gap)
-            acc_u = tl.dot(gap.to(v.dtype), v, acc_u, input_precision=DOT_PRECISION)
+            acc_u = tile_dot(gap.to(v.dtype), v, acc_u, DOT_PRECISION)
             if FOLD:
                 count += positive_count(gap, True)
     return acc, acc_u, tl.sum(l_i, 1), tl.sum(u_sum, 1), tl.sum(count, 1)

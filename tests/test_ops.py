@@ -5,6 +5,8 @@ import torch
 
 import adasplash_compile  # noqa: F401  (registers the ops)
 from adasplash_compile import reference
+from tests.conftest import TOLERANCES
+from tests.oracle import relative_error
 
 OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
@@ -161,3 +163,23 @@ def test_backend_switch_sends_cpu_tensors_through_the_kernels(monkeypatch):
     torch.testing.assert_close(out, reference_out, rtol=0, atol=1e-5)
     torch.testing.assert_close(expected_q, q.grad, rtol=0, atol=1e-4)
     torch.testing.assert_close(expected_k, k.grad, rtol=0, atol=1e-4)
+
+
+@pytest.mark.interpret
+def test_backend_switch_answers_bfloat16(monkeypatch):
+    # Triton's interpreter gets bfloat16 tl.dot wrong (kernels/products.py); the kernels'
+    # products widen their operands there, so bfloat16 CPU tensors come out right.
+    monkeypatch.setenv("ADASPLASH_COMPILE_BACKEND", "triton")
+    q = torch.randn(1, 2, 100, 32, dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(1, 1, 100, 32, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    out = adasplash_compile.adasplash(q, k, v, is_causal=True)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    monkeypatch.delenv("ADASPLASH_COMPILE_BACKEND")
+    exact = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    expected = adasplash_compile.adasplash(*exact, is_causal=True)
+    expected.backward(grad_out.double())
+    assert out.dtype == torch.bfloat16
+    assert (out.double() - expected).abs().max().item() <= TOLERANCES[torch.bfloat16]["out"]
+    for name, t, e in zip("qkv", (q, k, v), exact):
+        assert relative_error(t.grad, e.grad) <= TOLERANCES[torch.bfloat16]["grad"], f"d{name}"

@@ -134,48 +134,6 @@ def test_backward_op_rejects_bad_forward_state(name, fake):
             torch.ops.adasplash.attention_bwd(*args, 1.5, True, 0.5, None)
 
 
-BFLOAT16_ON_THE_INTERPRETER = (r"query must have dtype in \(float32, float16, float64\) on cpu with "
-                               r"ADASPLASH_COMPILE_BACKEND=triton, got torch.bfloat16: Triton's interpreter")
-
-
-@pytest.mark.parametrize("path", ["eager", "forward op", "backward op", "fake", "compiled"])
-def test_kernel_backend_on_cpu_rejects_bfloat16(monkeypatch, path):
-    # Triton's interpreter, which runs the kernels for CPU tensors under this backend,
-    # gets bfloat16 products wrong, so bfloat16 is refused there on every path.
-    q, k, v = _qkv(dtype=torch.bfloat16)
-    grad_out, *_, tau, tile_max, u_value_mean = _forward_state()
-    monkeypatch.setenv("ADASPLASH_COMPILE_BACKEND", "triton")
-    with pytest.raises(TypeError, match=BFLOAT16_ON_THE_INTERPRETER):
-        if path == "eager":
-            adasplash(q, k, v)
-        elif path == "forward op":
-            torch.ops.adasplash.attention_fwd(q, k, v, 1.5, False, 0.5, None)
-        elif path == "backward op":
-            torch.ops.adasplash.attention_bwd(grad_out.bfloat16(), q, k, v, tau, tile_max, u_value_mean, 1.5, True,
-                                              0.5, None)
-        elif path == "fake":
-            with FakeTensorMode() as mode:
-                torch.ops.adasplash.attention_fwd(*(mode.from_tensor(t) for t in (q, k, v)), 1.5, False, 0.5, None)
-        else:
-            torch._dynamo.reset()
-            torch.compile(lambda *a: adasplash(*a), backend="inductor")(q, k, v)
-
-
-def test_reference_backend_on_cpu_keeps_bfloat16(monkeypatch):
-    # The refusal belongs to the kernel backend: the PyTorch reference answers bfloat16 on
-    # the CPU, and float16 passes the kernel backend's check.
-    from adasplash_compile.validation import check_dtype
-
-    q, k, v = _qkv(dtype=torch.bfloat16)
-    monkeypatch.delenv("ADASPLASH_COMPILE_BACKEND", raising=False)
-    out = adasplash(q, k, v, is_causal=True)
-    expected = adasplash(q.double(), k.double(), v.double(), is_causal=True)
-    assert out.dtype == torch.bfloat16 and (out.double() - expected).abs().max().item() <= 4e-2
-    monkeypatch.setenv("ADASPLASH_COMPILE_BACKEND", "triton")
-    check_dtype("query", q.half(), products=True)
-    check_dtype("query", q.double(), products=True)
-
-
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [

@@ -216,6 +216,13 @@ def test_interpret_mixed_strides():
 
 
 @interpret
+@pytest.mark.parametrize("alpha, is_causal", [(1.5, True), (1.25, False)])
+def test_interpret_bfloat16(alpha, is_causal):
+    """bf16 under the interpreter, whose own bf16 tl.dot is wrong (kernels/products.py)."""
+    check_case(1, 2, 1, 70, 130, 64, alpha, is_causal, torch.bfloat16)
+
+
+@interpret
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_interpret_deterministic(dtype):
     q, k, v, do = make_inputs(1, 4, 1, 100, 130, 64, dtype)

@@ -1,9 +1,9 @@
 """Attention forward kernels (kernels/forward.py) against the float64 oracle and the reference.
 
 ``interpret`` tests run the real kernels on CPU tensors under TRITON_INTERPRET=1 at
-small shapes (the interpreter is wrong in bf16, so fp32 and fp16 only); ``gpu`` tests
-run the same matrix compiled for CUDA at large shapes, bf16 included. Every case
-checks: out against entmax_bisect in float64 (tests/oracle.py) within the dtype's
+small shapes, mostly fp32 and fp16 (bf16 products take kernels/products.py's interpreter
+twin there); ``gpu`` tests run the same matrix compiled for CUDA at large shapes, bf16
+included. Every case checks: out against entmax_bisect in float64 (tests/oracle.py) within the dtype's
 tolerance, tau against reference.attention_forward, tile_max against the nonzeros of P
 recomputed in float64 (tests/oracle.py), exact zeros for
 rows that see no key, and no NaN.
@@ -350,7 +350,7 @@ def test_seqlens(n_queries, is_causal, seqlens_dtype):
 
 @interpret
 @pytest.mark.parametrize("head_dim", [8, 40, 64, 96])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_head_dims_and_dtypes(head_dim, dtype):
     q, k, v = make_qkv(1, 2, 1, 65, 100, head_dim, dtype)
     check_forward(q, k, v, 1.5, True, head_dim**-0.5, None)

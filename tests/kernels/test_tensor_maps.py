@@ -125,7 +125,6 @@ def test_mutation_analysis_of_the_descriptor_path_reports_only_outputs(suite):
 )
 def test_interpret_descriptor_path_is_bitwise_the_pointer_path(q_heads, kv_heads, n_queries, n_keys, head_dim,
                                                                  is_causal, seqlens, layout):
-    # fp16: the interpreter computes bf16 products wrongly (tests/kernels/test_forward.py).
     q, k, v, do = make_inputs(q_heads, kv_heads, n_queries, n_keys, head_dim, torch.float16, layout)
     seqlens = None if seqlens is None else torch.tensor(seqlens, dtype=torch.int32)
     forward = default_forward_config(head_dim, torch.float16)
