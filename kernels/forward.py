@@ -115,11 +115,12 @@ one program per (Z, H, BLOCK_M rows):
    sweep reads its K tiles through descriptors as well, at the same depth, and every list
    loop of both kernels reads its next tile index one step ahead (the max sweep's loop
    says why). Through descriptors alone (two stages) the max sweep had moved by -2.3% to
-   +1.7% and the forward by at most 0.5% (H100, benchmarks/results/h100-2026-11-28-latency.md);
-   the index read one step ahead alone moved the forward by -1.4% to +0.3%; both
-   together, at three stages, the forward by -1.9% to +0.6% (mid 8192 -1.7 and -1.9%,
-   high 32768 +0.6 and +0.3%) and the max sweep by -4.0% to +1.3%, outputs bitwise equal
-   (H200, same process, two runs; benchmarks/results/h200-2026-11-28-read-ahead.md).
+   +1.7% and the forward by at most 0.5% (H100,
+   benchmarks/results/h100-2026-11-28-latency.md); the index read one step ahead alone
+   moved the forward by -1.4% to +0.3%; both together, at three stages, the forward by
+   -1.9% to +0.6% (mid 8192 -1.7 and -1.9%, high 32768 +0.6 and +0.3%) and the max sweep
+   by -4.0% to +1.3%, outputs bitwise equal (H200, same process, two runs;
+   benchmarks/results/h200-2026-11-28-read-ahead.md).
 Both kernels take a causal launch's row blocks last block first (kernels/masking.py
 ``heaviest_first``, as does the backward's dQ kernel): the blocks that see the most keys
 start first and the short ones fill in at the end. Outputs bitwise the same; forward
@@ -161,9 +162,9 @@ counts. Skipping the PV products of output-pass tiles that turn out to hold no n
 whose dot sits in the branch. Where the forward's time goes (mid, N = 32768, H100, each
 phase timed by cutting the kernel after it): max sweep 4.5 ms, first sweep 4.0, second
 sweep 4.6, folded output pass 6.2, against 12.4 ms for FA2's whole forward. Eight edges
-per sweep, unrolled, no longer spill and end every sampled mid, dense and high block in two sweeps
-(CPU simulation), yet the forward took 14-19% longer than with four edges in three (mid,
-dense and high at N = 8192 and 32768). The first sweep's statistics gathered in the max
+per sweep, unrolled, no longer spill and end every sampled mid, dense and high block in
+two sweeps (CPU simulation), yet the forward took 14-19% longer than with four edges in
+three (mid, dense and high at N = 8192 and 32768). The first sweep's statistics gathered in the max
 sweep instead (four edges with counts, over every tile it computes) took the max sweep
 from 4.5 to 11.7 ms at mid 32768, more than the sweep it would replace. fp32 uses tl.dot
 on FMA units ("ieee", as tf32 misses the 1e-4 bar) and spills at every D: correct, not

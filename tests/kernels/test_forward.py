@@ -3,10 +3,10 @@
 ``interpret`` tests run the real kernels on CPU tensors under TRITON_INTERPRET=1 at
 small shapes, mostly fp32 and fp16 (bf16 products take kernels/products.py's interpreter
 twin there); ``gpu`` tests run the same matrix compiled for CUDA at large shapes, bf16
-included. Every case checks: out against entmax_bisect in float64 (tests/oracle.py) within the dtype's
-tolerance, tau against reference.attention_forward, tile_max against the nonzeros of P
-recomputed in float64 (tests/oracle.py), exact zeros for
-rows that see no key, and no NaN.
+included. Every case checks: out against entmax_bisect in float64 (tests/oracle.py)
+within the dtype's tolerance, tau against reference.attention_forward, tile_max against
+the nonzeros of P recomputed in float64 (tests/oracle.py), exact zeros for rows that see
+no key, and no NaN.
 """
 
 import pytest
