@@ -49,6 +49,7 @@ from adasplash_compile.kernels.forward import (
 )
 from adasplash_compile.kernels.low_bracket import lifted_block
 from adasplash_compile.kernels.masking import heaviest_first, valid_lengths, visible_key_end
+from adasplash_compile.kernels.products import INTERPRETED
 from adasplash_compile.kernels.tau import ALPHA_ONE_HALF
 
 # The lists' threshold solve is alpha = 1.5's (``solve_listed_threshold``).
@@ -345,8 +346,7 @@ def _runs_ptx(tensor) -> bool:
     interpreter."""
     import torch
 
-    return (tensor.is_cuda and torch.version.hip is None
-            and type(_adasplash_fwd_candidates).__name__ == "JITFunction")
+    return tensor.is_cuda and torch.version.hip is None and not INTERPRETED.value
 
 
 def launch_candidates(query, key, value, out, u_value_mean, row_max, floor, local_floor, tau, bound, rel_bound,

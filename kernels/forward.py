@@ -144,8 +144,8 @@ overlaps it within the program, yet measured 1-3% slower for the output kernel w
 pointer loads (two programs per SM still fit, at 113 KB; with descriptors it is 1-5%
 faster, ``TMA_STAGES``) and 12% slower for the max sweep with pointer loads (three
 programs instead of four; with descriptors and the index read ahead, see above, three
-stages pay). Split into a sweep kernel (137 registers, three programs per SM) and an output
-kernel, the forward gained 2% at N = 32768 and lost 2-5% at N = 8192; split again after
+stages pay). Split into a sweep kernel (137 registers, three programs per SM) and an
+output kernel, the forward gained 2% at N = 32768 and lost 2-5% at N = 8192; split again after
 the fold (sweeps at 168 registers, three programs per SM; outputs bitwise equal), it was
 1.7% slower at mid 32768 and 6% at mid 8192, so it stays one kernel: at two programs per
 SM the sweeps are bound by the instructions they issue, not by latency. The folded output
@@ -164,11 +164,11 @@ phase timed by cutting the kernel after it): max sweep 4.5 ms, first sweep 4.0, 
 sweep 4.6, folded output pass 6.2, against 12.4 ms for FA2's whole forward. Eight edges
 per sweep, unrolled, no longer spill and end every sampled mid, dense and high block in
 two sweeps (CPU simulation), yet the forward took 14-19% longer than with four edges in
-three (mid, dense and high at N = 8192 and 32768). The first sweep's statistics gathered in the max
-sweep instead (four edges with counts, over every tile it computes) took the max sweep
-from 4.5 to 11.7 ms at mid 32768, more than the sweep it would replace. fp32 uses tl.dot
-on FMA units ("ieee", as tf32 misses the 1e-4 bar) and spills at every D: correct, not
-fast.
+three (mid, dense and high at N = 8192 and 32768). The first sweep's statistics
+gathered in the max sweep instead (four edges with counts, over every tile it computes)
+took the max sweep from 4.5 to 11.7 ms at mid 32768, more than the sweep it would
+replace. fp32 uses tl.dot on FMA units ("ieee", as tf32 misses the 1e-4 bar) and spills
+at every D: correct, not fast.
 
 Launch contract (torch.compile / CUDA graphs): the launcher only allocates with
 torch.empty*/full and launches kernels through ``wrap`` (``torch.library.wrap_triton``
@@ -358,21 +358,20 @@ def autotune_forward_configs(head_dim: int, dtype: torch.dtype) -> list:
     return forward_configs(head_dim, dtype)[:_AUTOTUNE_CANDIDATES]
 
 
-def _histogram_config(config: dict, descriptors: bool) -> dict:
-    """What a config sets for the threshold/output kernel beyond the shared block sizes;
-    descriptors: whether the kernel reads K and V through tensor descriptors."""
-    stages = _descriptor_stages(config) if descriptors else config["num_stages"]
-    return dict(NBINS=config["NBINS"], MAX_SWEEPS=config["MAX_SWEEPS"], EDGE_UNROLL=config["EDGE_UNROLL"],
-                num_warps=config["num_warps"], num_stages=stages)
-
-
-def _rowmax_config(config: dict, descriptors: bool) -> dict:
-    """The max sweep's launch options for a config; descriptors: whether it reads its K
-    tiles through tensor descriptors, at the threshold/output kernel's depth."""
+def _streaming_launch_options(config: dict, descriptors: bool) -> dict:
+    """num_warps and num_stages of a forward kernel that streams K (and V) tiles;
+    descriptors: whether it reads them through tensor descriptors (``_descriptor_stages``)."""
     options = launch_options(config)
     if descriptors:
         options["num_stages"] = _descriptor_stages(config)
     return options
+
+
+def _histogram_config(config: dict, descriptors: bool) -> dict:
+    """What a config sets for the threshold/output kernel beyond the shared block sizes;
+    descriptors: whether the kernel reads K and V through tensor descriptors."""
+    return dict(NBINS=config["NBINS"], MAX_SWEEPS=config["MAX_SWEEPS"], EDGE_UNROLL=config["EDGE_UNROLL"],
+                **_streaming_launch_options(config, descriptors))
 
 
 def _distinct(configs: list) -> list:
@@ -1219,7 +1218,8 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     tile_list = torch.empty((*tiles[:3], tiles[3] + LIST_HEAD.value - 1), dtype=torch.int32, device=query.device)
     if autotune:
         candidates = autotune_forward_configs(head_dim, query.dtype)
-        rowmax_kernel = autotuned(_adasplash_fwd_rowmax, _distinct([_rowmax_config(c, kv_tma) for c in candidates]),
+        rowmax_kernel = autotuned(_adasplash_fwd_rowmax,
+                                  _distinct([_streaming_launch_options(c, kv_tma) for c in candidates]),
                                   key=("M", "N"))
         tau_out_kernel = autotuned(_adasplash_fwd_tau_out,
                                    _distinct([_histogram_config(c, kv_tma) for c in candidates]),
@@ -1227,7 +1227,7 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
         rowmax_tuning, tau_out_tuning = {}, {}
     else:
         rowmax_kernel, tau_out_kernel = _adasplash_fwd_rowmax, _adasplash_fwd_tau_out
-        rowmax_tuning = _rowmax_config(cfg, kv_tma)
+        rowmax_tuning = _streaming_launch_options(cfg, kv_tma)
         tau_out_tuning = _histogram_config(cfg, kv_tma)
     centre, radius = key_tile_summary(key, n_queries, seqlens_arg, has_seqlens, common["BLOCK_D"], bool(use_int64),
                                       wrap=wrap)

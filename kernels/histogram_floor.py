@@ -25,9 +25,10 @@ The bins live in registers of the max sweep, which with pointer loads stays with
 (sm_90, triton 3.6), so four programs still share an SM (through descriptors at three
 stages it takes 165, and its shared memory allows three); where the mass is local (the
 mid and high workloads) the floor of the two local tiles is already as tight, and the
-bins cost 0.5-3% of the forward. Four bins of width 0.5 (half the registers) gave back 0.2-0.5% there but lost
-the whole dense gain: with the bins' lower edges instead of their means, or with four
-bins, the dense row blocks of a CPU simulation need three sweeps again instead of two.
+bins cost 0.5-3% of the forward. Four bins of width 0.5 (half the registers) gave back
+0.2-0.5% there but lost the whole dense gain: with the bins' lower edges instead of their
+means, or with four bins, the dense row blocks of a CPU simulation need three sweeps
+again instead of two.
 """
 
 import triton

@@ -167,6 +167,8 @@ def test_descriptor_stages_only_where_descriptors_can_run():
                                                                  deeper)
         assert forward_module._histogram_config(config, True)["num_stages"] == deeper
         assert forward_module._histogram_config(config, False)["num_stages"] == config["num_stages"]
+        # The max sweep streams K tiles at the same depth.
+        assert forward_module._streaming_launch_options(config, True)["num_stages"] == deeper
     # Configs without the key keep num_stages for both paths.
     plain = dict(BLOCK_M=64, BLOCK_N=64, NBINS=4, MAX_SWEEPS=5, EDGE_UNROLL=4, num_warps=4, num_stages=2)
     assert forward_module._histogram_config(plain, True)["num_stages"] == 2
