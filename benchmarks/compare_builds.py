@@ -38,22 +38,41 @@ DEFAULT_CASES = ("mid:8192", "mid:32768", "high:32768", "dense:8192")
 
 
 def load_build(site: str) -> dict:
-    """The forward and backward kernel modules of the build installed in ``site``.
+    """The forward and backward kernel modules of the build installed in ``site``, and
+    every adasplash_compile module it imported.
 
     Modules of earlier builds are dropped from sys.modules first, so each build imports
-    its own copy; the kernel objects stay alive through the returned references.
+    its own copy; the kernel objects stay alive through the returned references. The
+    forward imports kernels/candidates.py when it runs, by name: ``in_build`` puts the
+    build's own modules back into sys.modules before each of its calls.
     """
     if not (Path(site) / "adasplash_compile" / "kernels" / "forward.py").is_file():
         raise SystemExit(f"compare_builds: {site!r} holds no installed adasplash_compile (pip install --target)")
-    for name in [m for m in sys.modules if m == "adasplash_compile" or m.startswith("adasplash_compile.")]:
+    for name in _package_modules():
         del sys.modules[name]
     sys.path.insert(0, site)
     try:
         forward = importlib.import_module("adasplash_compile.kernels.forward")
         backward = importlib.import_module("adasplash_compile.kernels.backward")
+        if (Path(site) / "adasplash_compile" / "kernels" / "candidates.py").is_file():
+            importlib.import_module("adasplash_compile.kernels.candidates")
     finally:
         sys.path.remove(site)
-    return {"forward": forward, "backward": backward}
+    modules = {name: sys.modules[name] for name in _package_modules()}
+    return {"forward": forward, "backward": backward, "modules": modules}
+
+
+def _package_modules() -> list:
+    return [name for name in sys.modules if name == "adasplash_compile" or name.startswith("adasplash_compile.")]
+
+
+def in_build(build: dict, fn):
+    """fn, called with build's modules in sys.modules."""
+    def call():
+        sys.modules.update(build["modules"])
+        return fn()
+
+    return call
 
 
 def parse_case(text: str) -> tuple:
@@ -87,18 +106,32 @@ def make_timer(device: str):
 
 
 def run_build(build: dict, q, k, v, grad, scale: float) -> tuple:
-    """(max sweep, forward, backward) callables of one build and its outputs. A build's
+    """(max sweep, forward, backward) callables of one build, its outputs and its peak
+    memory (MiB above what was allocated before: the forward's, and the forward's and
+    backward's together with the forward's outputs kept; None on the CPU). A build's
     forward returns out and then what its backward takes after q, k and v (tau and
     tile_max, and u_value_mean since it exists), so builds from before and after it compare."""
+    import torch
+
     fwd, bwd = build["forward"], build["backward"]
-    out, *state = fwd.attention_forward(q, k, v, ALPHA, True, scale, None)
-    grads = bwd.attention_backward(grad, q, k, v, *state, ALPHA, True, scale, None)
-    calls = (
+    on_cuda = q.is_cuda
+    if on_cuda:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    out, *state = in_build(build, lambda: fwd.attention_forward(q, k, v, ALPHA, True, scale, None))()
+    if on_cuda:
+        forward_peak = torch.cuda.max_memory_allocated() - before
+    grads = in_build(build, lambda: bwd.attention_backward(grad, q, k, v, *state, ALPHA, True, scale, None))()
+    peaks = None
+    if on_cuda:
+        peaks = (forward_peak / 2**20, (torch.cuda.max_memory_allocated() - before) / 2**20)
+    calls = tuple(in_build(build, call) for call in (
         lambda: fwd.max_sweep(q, k, ALPHA, True, scale),
         lambda: fwd.attention_forward(q, k, v, ALPHA, True, scale, None),
         lambda: bwd.attention_backward(grad, q, k, v, *state, ALPHA, True, scale, None),
-    )
-    return calls, (out, *state[:2], *grads)
+    ))
+    return calls, (out, *state[:2], *grads), peaks
 
 
 def difference(base: tuple, other: tuple) -> str:
@@ -136,7 +169,7 @@ def compare(builds: dict, cases: list, rounds: int, device: str):
         runs = {name: run_build(build, q, k, v, grad, scale) for name, build in builds.items()}
         best = {name: [float("inf")] * 3 for name in builds}
         for _ in range(rounds):
-            for name, (calls, _) in runs.items():
+            for name, (calls, _, _) in runs.items():
                 best[name] = [min(b, timer(call)) for b, call in zip(best[name], calls)]
         # (max sweep, forward, backward, forward + backward) per build
         times = {name: [*b, b[1] + b[2]] for name, b in best.items()}
@@ -146,6 +179,7 @@ def compare(builds: dict, cases: list, rounds: int, device: str):
                 "case": f"{workload} {n}", "build": name, "ms": times[name],
                 "ratio": [t / b for t, b in zip(times[name], times[first])],
                 "outputs": "reference" if name == first else difference(runs[first][1], runs[name][1]),
+                "peaks": runs[name][2],
             })
         del q, k, v, grad, runs
         if device == "cuda":
@@ -154,7 +188,7 @@ def compare(builds: dict, cases: list, rounds: int, device: str):
 
 
 TABLE_HEADER = ("| case | build | max sweep ms | forward ms | backward ms | fwd+bwd ms | ratio fwd / bwd / fwd+bwd "
-                "| outputs |\n|---|---|---|---|---|---|---|---|")
+                "| peak MiB fwd / fwd+bwd | outputs |\n|---|---|---|---|---|---|---|---|---|")
 
 
 def render(rows: list) -> str:
@@ -163,7 +197,8 @@ def render(rows: list) -> str:
     for row in rows:
         times = " | ".join(f"{t:.3f}" for t in row["ms"])
         ratio = " / ".join(f"{r:.3f}" for r in row["ratio"][1:])
-        lines.append(f"| {row['case']} | {row['build']} | {times} | {ratio} | {row['outputs']} |")
+        peaks = "-" if row["peaks"] is None else " / ".join(f"{p:.0f}" for p in row["peaks"])
+        lines.append(f"| {row['case']} | {row['build']} | {times} | {ratio} | {peaks} | {row['outputs']} |")
     return "\n".join(lines)
 
 

@@ -18,6 +18,10 @@ A row block with dense scores has few entries above its rows' floors: the CPU mo
 3. The threshold/output kernel skips handled blocks; the others (any block that takes
    no lists, or whose lists overflow) take its sweeps and output pass as before.
 
+Steps 1 and 2 run once per slice of the (batch, head) pairs, the slices sharing one
+slice's lists (``list_slices``): whole, the lists took half the forward's memory at
+32768 queries.
+
 An entry's slot is its row's count before the tile plus the kept entries left of it in
 the tile (``_ranks_in_row``): the lists hold the same entries in the same order on every
 run, so the sums over them, and the outputs, are bitwise reproducible. Slots claimed by
@@ -42,7 +46,6 @@ from adasplash_compile.kernels.forward import (
     group_min,
     list_active_tiles,
     load_q_tile,
-    program_row_block,
     query_rows,
     score_tile,
     start_bracket,
@@ -67,6 +70,11 @@ OUTPUT_WARPS = 4
 # dense benchmark's blocks took lists at N = 8192; at 512, 94% (H100), the lists of the
 # shorter rows fitting as well.
 LIST_MIN_KEYS: tl.constexpr = tl.constexpr(512)
+# Bytes of candidate lists a launch pair should take (``list_slices``: 16 (batch, head)
+# pairs of 16384 queries), and the most launch pairs of one forward.
+LIST_SLICE_BYTES = 256 * 2**20
+LIST_SLICES = 8
+_MAX_GRID_Y = 65535
 
 
 @triton.jit
@@ -169,6 +177,15 @@ def solve_listed_threshold(z, lo, tau, active, tau_tol):
 
 
 @triton.jit
+def slice_pair(first_pair, n_heads):
+    """This program's (batch, head) pair within its launch's slice (the grid's second
+    dimension), and its batch and query head (int64)."""
+    list_pair = tl.program_id(1).to(tl.int64)
+    pair = list_pair + first_pair
+    return list_pair, pair // n_heads, pair % n_heads
+
+
+@triton.jit(do_not_specialize=["first_pair"])
 def _adasplash_fwd_candidates(
     q_ptr, k_ptr, m_ptr, floor_ptr, local_floor_ptr, bound_ptr, rel_bound_ptr, tile_list_ptr, seqlens_ptr,
     candidate_ptr, count_ptr, handled_ptr,
@@ -177,9 +194,9 @@ def _adasplash_fwd_candidates(
     stride_tauz, stride_tauh, stride_taum,
     stride_bz, stride_bh, stride_bm, stride_bn,
     stride_lz, stride_lh, stride_lm, stride_ln,
-    stride_cz, stride_ch, stride_cm,
+    stride_cp, stride_cm,
     stride_hz, stride_hh, stride_hm,
-    M, N, GROUP, qk_scale, alpha,
+    M, N, GROUP, n_heads, first_pair, qk_scale, alpha,
     HEAD_DIM: tl.constexpr, HAS_SEQLENS: tl.constexpr, IS_CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SCAN: tl.constexpr,
     DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, PTX: tl.constexpr,
@@ -189,14 +206,19 @@ def _adasplash_fwd_candidates(
 
     m_ptr, floor_ptr, local_floor_ptr and count_ptr share their shape and strides
     (stride_tau*), as do bound_ptr and rel_bound_ptr (stride_b*, the max sweep's);
-    tile_list_ptr is the max sweep's list scratch. candidate_ptr: int32 (B, H, M,
-    2 * MAX_CANDIDATES), per row (key index, z bits) pairs, contiguous in the last
-    dimension; count_ptr receives each row's number of entries above its floor (past
-    MAX_CANDIDATES where the list overflowed). handled_ptr: int32 (B, H, row blocks).
+    tile_list_ptr is the max sweep's list scratch. The launch covers the (batch, head)
+    pairs first_pair to first_pair + the grid's second dimension, of n_heads heads a
+    batch (``list_slices``); candidate_ptr: int32 (its pairs, M, 2 * MAX_CANDIDATES), per
+    row (key index, z bits) pairs, contiguous in the last dimension; count_ptr receives
+    each row's number of entries above its floor (past MAX_CANDIDATES where the list
+    overflowed). handled_ptr: int32 (B, H, row blocks).
     """
     qk_scale = tl.cast(qk_scale, tl.float32)
     alpha = tl.cast(alpha, tl.float32)
-    row_block, start_m, off_z, off_h, off_kh = program_row_block(IS_CAUSAL, BLOCK_M, GROUP)
+    row_block = heaviest_first(tl.program_id(0), tl.num_programs(0), IS_CAUSAL)
+    start_m = row_block * BLOCK_M
+    list_pair, off_z, off_h = slice_pair(first_pair, n_heads)
+    off_kh = off_h // GROUP
     offs_m, rows_m = query_rows(start_m, BLOCK_M, USE_INT64)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -219,7 +241,7 @@ def _adasplash_fwd_candidates(
         n_listed, n_unmasked = list_active_tiles(bound_ptr + bound_offset, rel_bound_ptr + bound_offset, stride_bn,
                                                  list_ptr, stride_ln, n_tiles, first_masked, group_min(threshold),
                                                  group_min(threshold - m_shift), SCAN)
-        row_list = candidate_ptr + off_z * stride_cz + off_h * stride_ch + rows_m * stride_cm
+        row_list = candidate_ptr + list_pair * stride_cp + rows_m * stride_cm
         count = tl.zeros([BLOCK_M], tl.int32)
         written = tl.zeros([BLOCK_M], tl.int32)
         next_tile = tl.load(list_ptr + LIST_HEAD * stride_ln, mask=n_listed > 0, other=0)
@@ -248,7 +270,7 @@ def _adasplash_fwd_candidates(
     tl.store(handled_ptr + off_z * stride_hz + off_h * stride_hh + row_block * stride_hm, handled)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["first_pair"])
 def _adasplash_fwd_candidate_output(
     v_ptr, out_ptr, u_value_mean_ptr, m_ptr, floor_ptr, local_floor_ptr, tau_ptr, tile_max_ptr, seqlens_ptr,
     candidate_ptr, count_ptr, handled_ptr,
@@ -257,9 +279,9 @@ def _adasplash_fwd_candidate_output(
     stride_uz, stride_uh, stride_um, stride_ud,
     stride_tauz, stride_tauh, stride_taum,
     stride_tz, stride_th, stride_tm, stride_tn,
-    stride_cz, stride_ch, stride_cm,
+    stride_cp, stride_cm,
     stride_hz, stride_hh, stride_hm,
-    M, N, GROUP, alpha, tau_tol,
+    M, N, GROUP, n_heads, first_pair, alpha, tau_tol,
     HEAD_DIM: tl.constexpr, HAS_SEQLENS: tl.constexpr, IS_CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, USE_INT64: tl.constexpr,
     ROWS: tl.constexpr,
@@ -278,8 +300,7 @@ def _adasplash_fwd_candidate_output(
     tl.static_assert(BLOCK_M % ROWS == 0, "ROWS must divide BLOCK_M")
     start_m = heaviest_first(tl.program_id(0), tl.num_programs(0), IS_CAUSAL) * ROWS
     row_block = start_m // BLOCK_M
-    off_h = tl.program_id(1).to(tl.int64)
-    off_z = tl.program_id(2).to(tl.int64)
+    list_pair, off_z, off_h = slice_pair(first_pair, n_heads)
     handled = tl.load(handled_ptr + off_z * stride_hz + off_h * stride_hh + row_block * stride_hm)
     if handled != 0:
         off_kh = off_h // GROUP
@@ -293,7 +314,7 @@ def _adasplash_fwd_candidate_output(
                                                                   offs_m, M, n_i, alpha)
         sees_keys = (m_i > float("-inf")) & (n_i > 0)
         count = tl.minimum(tl.load(count_ptr + row_offset, mask=offs_m < M, other=0), MAX_CANDIDATES)
-        row_list = candidate_ptr + off_z * stride_cz + off_h * stride_ch + rows_m * stride_cm
+        row_list = candidate_ptr + list_pair * stride_cp + rows_m * stride_cm
         listed = offs_c[None, :] < count[:, None]
         keys = tl.load(row_list[:, None] + 2 * offs_c[None, :], mask=listed, other=0)
         z = tl.load(row_list[:, None] + 2 * offs_c[None, :] + 1, mask=listed, other=0).to(tl.float32, bitcast=True)
@@ -349,13 +370,42 @@ def _runs_ptx(tensor) -> bool:
     return tensor.is_cuda and torch.version.hip is None and not INTERPRETED.value
 
 
+def list_slices(batch, heads, n_queries) -> list:
+    """(first pair, pairs) of each pair of candidate launches, over the batch * heads
+    (batch, head) pairs in batch-major order.
+
+    The lists take 2 * MAX_CANDIDATES int32 (1 KiB) a query row: 512 MiB for 16 heads of
+    32768 queries, four times a bf16 query at D = 128 and, taken whole, half the forward's
+    peak there. The launches therefore take the pairs in even slices, as many as it takes
+    for a slice's lists to fit LIST_SLICE_BYTES but at most LIST_SLICES (and one per pair),
+    and share one slice's lists; a slice holds at most 65535 pairs, a CUDA grid's second
+    dimension. Under symbolic shapes (dynamic lengths) one launch covers every pair, as a
+    plan from symbolic sizes would guard on them.
+
+    Fewer, larger slices keep the launches' tails short: a causal row block's candidate
+    pass grows with its row, and a slice of S bytes holds about S / 50 MiB times the
+    longest block's work per program resident on an H200 (three per SM). At 64 MiB
+    slices the dense forward took 9-10% longer, at 256 MiB 2.4% (two slices at 16 heads
+    of 32768 queries; benchmarks/results/h200-2026-11-28-list-slices.md).
+    """
+    pairs = batch * heads
+    if not all(isinstance(size, int) for size in (batch, heads, n_queries)):
+        return [(0, pairs)]
+    if pairs == 0:
+        return []
+    list_bytes = pairs * max(n_queries, 1) * 2 * MAX_CANDIDATES.value * 4
+    slices = max(1, min(LIST_SLICES, pairs, -(-list_bytes // LIST_SLICE_BYTES)), -(-pairs // _MAX_GRID_Y))
+    per_slice = -(-pairs // slices)
+    return [(first, min(per_slice, pairs - first)) for first in range(0, pairs, per_slice)]
+
+
 def launch_candidates(query, key, value, out, u_value_mean, row_max, floor, local_floor, tau, bound, rel_bound,
                       tile_max, tile_list, seqlens_arg, has_seqlens, grid, group, qk_scale, alpha, launch, common,
                       ptx=None):
-    """Launch both candidate kernels for the threshold/output kernel's grid and arguments;
-    returns the int32 (B, H, row blocks) handled flags it must skip. ptx: the appends'
-    form, by default PTX where the kernels compile to it. alpha must be 1.5
-    (``solve_listed_threshold``)."""
+    """Launch both candidate kernels for the threshold/output kernel's grid and arguments,
+    a pair per slice of ``list_slices``; returns the int32 (B, H, row blocks) handled flags
+    it must skip. ptx: the appends' form, by default PTX where the kernels compile to it.
+    alpha must be 1.5 (``solve_listed_threshold``)."""
     import torch
 
     if alpha != 1.5:
@@ -365,7 +415,9 @@ def launch_candidates(query, key, value, out, u_value_mean, row_max, floor, loca
 
     batch, q_heads, n_queries, _ = query.shape
     n_keys = key.shape[2]
-    candidates = torch.empty((batch, q_heads, n_queries, 2 * MAX_CANDIDATES.value), dtype=torch.int32,
+    slices = list_slices(batch, q_heads, n_queries)
+    slice_pairs = max(pairs for _, pairs in slices)
+    candidates = torch.empty((slice_pairs, n_queries, 2 * MAX_CANDIDATES.value), dtype=torch.int32,
                              device=query.device)
     counts = torch.empty((batch, q_heads, n_queries), dtype=torch.int32, device=query.device)
     handled = torch.empty((batch, q_heads, grid[0]), dtype=torch.int32, device=query.device)
@@ -377,21 +429,23 @@ def launch_candidates(query, key, value, out, u_value_mean, row_max, floor, loca
     shared = dict(HEAD_DIM=common["HEAD_DIM"], HAS_SEQLENS=has_seqlens, IS_CAUSAL=common["IS_CAUSAL"],
                   BLOCK_M=common["BLOCK_M"], BLOCK_N=common["BLOCK_N"], BLOCK_D=common["BLOCK_D"],
                   USE_INT64=common["USE_INT64"] or _needs_int64(candidates))
-
-    launch(_adasplash_fwd_candidates)[grid](
-        query, key, row_max, floor, local_floor, bound, rel_bound, tile_list, seqlens_arg, candidates, counts, handled,
-        *query.stride(), *key.stride(), *row_max.stride(), *bound.stride()[:4], *tile_list.stride(),
-        *candidates.stride()[:3], *handled.stride(),
-        n_queries, n_keys, group, qk_scale, alpha,
-        SCAN=_TILE_SCAN, DOT_PRECISION=common["DOT_PRECISION"], PTX=bool(ptx), **shared,
-        num_warps=4, num_stages=2,
-    )
-    launch(_adasplash_fwd_candidate_output)[(triton.cdiv(n_queries, OUTPUT_ROWS), grid[1], grid[2])](
-        value, out, u_value_mean, row_max, floor, local_floor, tau, tile_max, seqlens_arg, candidates, counts,
-        handled,
-        *value.stride(), *out.stride(), *u_value_mean.stride(), *tau.stride(), *tile_max.stride(),
-        *candidates.stride()[:3], *handled.stride(),
-        n_queries, n_keys, group, alpha, tau_tolerance(alpha, query.dtype),
-        ROWS=OUTPUT_ROWS, **shared, num_warps=OUTPUT_WARPS, num_stages=2,
-    )
+    tau_tol = tau_tolerance(alpha, query.dtype)
+    for first_pair, pairs in slices:
+        launch(_adasplash_fwd_candidates)[(grid[0], pairs, 1)](
+            query, key, row_max, floor, local_floor, bound, rel_bound, tile_list, seqlens_arg, candidates, counts,
+            handled,
+            *query.stride(), *key.stride(), *row_max.stride(), *bound.stride()[:4], *tile_list.stride(),
+            *candidates.stride()[:2], *handled.stride(),
+            n_queries, n_keys, group, q_heads, first_pair, qk_scale, alpha,
+            SCAN=_TILE_SCAN, DOT_PRECISION=common["DOT_PRECISION"], PTX=bool(ptx), **shared,
+            num_warps=4, num_stages=2,
+        )
+        launch(_adasplash_fwd_candidate_output)[(triton.cdiv(n_queries, OUTPUT_ROWS), pairs, 1)](
+            value, out, u_value_mean, row_max, floor, local_floor, tau, tile_max, seqlens_arg, candidates, counts,
+            handled,
+            *value.stride(), *out.stride(), *u_value_mean.stride(), *tau.stride(), *tile_max.stride(),
+            *candidates.stride()[:2], *handled.stride(),
+            n_queries, n_keys, group, q_heads, first_pair, alpha, tau_tol,
+            ROWS=OUTPUT_ROWS, **shared, num_warps=OUTPUT_WARPS, num_stages=2,
+        )
     return handled

@@ -9,6 +9,8 @@ with bitwise the same outputs. On the GPU, dense bf16 scores at N = 4096 and 819
 lists without help, in the PTX form.
 """
 
+import itertools
+
 import pytest
 import torch
 import triton
@@ -179,6 +181,73 @@ def test_overflowing_lists_fall_back_bitwise(monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("batch, heads, n_queries", [(1, 16, 32768), (1, 16, 4096), (1, 16, 8192), (3, 16, 32768),
+                                                     (8, 32, 16384), (5, 1, 1000), (1, 3, 10**6), (2, 7, 40000),
+                                                     (4096, 32, 1)])
+def test_list_slices_cover_every_pair_once_within_the_budget(batch, heads, n_queries):
+    slices = candidates_module.list_slices(batch, heads, n_queries)
+    pairs = batch * heads
+    assert [first for first, _ in slices] == list(itertools.accumulate([0] + [size for _, size in slices[:-1]]))
+    assert sum(size for _, size in slices) == pairs
+    list_bytes = 2 * candidates_module.MAX_CANDIDATES.value * 4 * n_queries
+    largest = max(size for _, size in slices)
+    assert largest - min(size for _, size in slices) <= largest // 2
+    assert largest <= 65535
+    assert len(slices) <= max(candidates_module.LIST_SLICES, -(-pairs // 65535))
+    # A slice's lists stay within the byte budget unless one pair alone goes past it, or
+    # the budget asks for more slices than the cap.
+    capped = pairs * list_bytes > candidates_module.LIST_SLICES * candidates_module.LIST_SLICE_BYTES
+    assert largest * list_bytes <= candidates_module.LIST_SLICE_BYTES or largest == 1 or capped
+
+
+def test_list_slices_take_one_launch_where_lists_fit_or_sizes_are_symbolic():
+    assert candidates_module.list_slices(2, 2, 1000) == [(0, 4)]
+    assert candidates_module.list_slices(1, 16, 4096) == [(0, 16)]
+    assert candidates_module.list_slices(1, 16, 16384) == [(0, 16)]
+    assert candidates_module.list_slices(1, 16, 32768) == [(0, 8), (8, 8)]
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    length = ShapeEnv().create_unbacked_symint()
+    assert candidates_module.list_slices(1, 16, length) == [(0, 16)]
+
+
+@pytest.mark.interpret
+def test_sliced_lists_give_bitwise_the_outputs_of_one_slice(monkeypatch):
+    # Two batches of three query heads sharing a key head: six (batch, head) pairs, in
+    # slices of one pair, then of two (one slice holding the last head of batch 0 and the
+    # first of batch 1), against one launch over all six. One row block of 64 queries,
+    # each seeing all 640 keys, keeps the interpreter's work small.
+    q, k, v = make_qkv(2, 3, 1, 64, 640, 32, torch.float16, device="cpu")
+    lists_from_half_the_keys(monkeypatch)
+    flags = record_handled(monkeypatch)
+    launched = []
+
+    class Recording:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                if self.kernel.fn.__name__ == "_adasplash_fwd_candidates":
+                    launched.append(grid[1])
+                return self.kernel[grid](*args, **kwargs)
+            return run
+
+    list_bytes = 2 * candidates_module.MAX_CANDIDATES.value * 4 * 64
+    monkeypatch.setattr(candidates_module, "LIST_SLICES", 64)
+    results, launches = {}, {}
+    for name, budget in (("whole", 6 * list_bytes), ("single", list_bytes), ("spanning", 5 * list_bytes // 2)):
+        monkeypatch.setattr(candidates_module, "LIST_SLICE_BYTES", budget)
+        launched.clear()
+        results[name] = attention_forward(q, k, v, 1.5, False, 32**-0.5, None, wrap=Recording)
+        launches[name] = list(launched)
+    assert launches == {"whole": [6], "single": [1] * 6, "spanning": [2] * 3}
+    assert all(flag.sum().item() >= 4 for flag in flags), flags
+    for name in ("single", "spanning"):
+        for a, b in zip(results[name], results["whole"]):
+            assert torch.equal(a, b), name
+
+
 @pytest.mark.interpret
 def test_lists_widen_their_row_offsets_alone(monkeypatch):
     # A list row (256 int32) outgrows int32 offsets before a query row of D = 64 does; the
@@ -246,3 +315,32 @@ def test_gpu_candidate_outputs_repeat_bitwise(monkeypatch):
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+def test_gpu_sliced_lists_match_one_slice_eager_and_compiled(monkeypatch):
+    from adasplash_compile import adasplash
+
+    q, k, v = make_qkv(2, 4, 2, 4096, 4096, 128, torch.bfloat16)
+    scale = 128**-0.5
+    flags = record_handled(monkeypatch)
+    whole = attention_forward(q, k, v, 1.5, True, scale, None)
+    plans = []
+    plan = candidates_module.list_slices
+    monkeypatch.setattr(candidates_module, "list_slices", lambda *sizes: plans.append(plan(*sizes)) or plans[-1])
+    # Lists of three (batch, head) pairs at a time: three slices, the second holding the
+    # last head of batch 0 and the first two of batch 1.
+    monkeypatch.setattr(candidates_module, "LIST_SLICES", 64)
+    pair_bytes = 2 * candidates_module.MAX_CANDIDATES.value * 4 * 4096
+    monkeypatch.setattr(candidates_module, "LIST_SLICE_BYTES", 3 * pair_bytes)
+    sliced = attention_forward(q, k, v, 1.5, True, scale, None)
+    assert plans[-1] == [(0, 3), (3, 3), (6, 2)]
+    assert flags[0].float().mean().item() >= 0.5, flags[0]
+    for a, b in zip(sliced, whole):
+        assert torch.equal(a, b)
+    torch._dynamo.reset()
+    plans.clear()
+    compiled = torch.compile(lambda q, k, v: adasplash(q, k, v, is_causal=True), fullgraph=True)
+    out = compiled(q, k, v)
+    assert plans and all(len(p) == 3 for p in plans), plans
+    assert torch.equal(out, whole[0])
