@@ -47,6 +47,22 @@ def lists_from_half_the_keys(monkeypatch):
                         lambda lo, hi, local_lo, n_keys, active: rule.fn(lo, hi, local_lo, n_keys * 2, active))
 
 
+def launching_with(record):
+    """A ``wrap`` for attention_forward that passes each launch's kernel name, grid and
+    keyword arguments to record, then launches it."""
+    class Recording:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                record(self.kernel.fn.__name__, grid, kwargs)
+                return self.kernel[grid](*args, **kwargs)
+            return run
+
+    return Recording
+
+
 def without_candidates(dtype, head_dim):
     return dict(default_forward_config(head_dim, dtype), NO_CANDIDATES=True)
 
@@ -221,18 +237,8 @@ def test_sliced_lists_give_bitwise_the_outputs_of_one_slice(monkeypatch):
     lists_from_half_the_keys(monkeypatch)
     flags = record_handled(monkeypatch)
     launched = []
-
-    class Recording:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            def run(*args, **kwargs):
-                if self.kernel.fn.__name__ == "_adasplash_fwd_candidates":
-                    launched.append(grid[1])
-                return self.kernel[grid](*args, **kwargs)
-            return run
-
+    Recording = launching_with(lambda name, grid, kwargs: launched.append(grid[1])
+                               if name == "_adasplash_fwd_candidates" else None)
     list_bytes = 2 * candidates_module.MAX_CANDIDATES.value * 4 * 64
     monkeypatch.setattr(candidates_module, "LIST_SLICES", 64)
     results, launches = {}, {}
@@ -258,17 +264,7 @@ def test_lists_widen_their_row_offsets_alone(monkeypatch):
     monkeypatch.setattr(forward_module, "_needs_int64",
                         lambda *tensors: any(t.dtype == torch.int32 and t.shape[-1] == 256 for t in tensors))
     widths = {}
-
-    class Recording:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            def run(*args, **kwargs):
-                widths[self.kernel.fn.__name__] = kwargs.get("USE_INT64")
-                return self.kernel[grid](*args, **kwargs)
-            return run
-
+    Recording = launching_with(lambda name, grid, kwargs: widths.__setitem__(name, kwargs.get("USE_INT64")))
     flags = record_handled(monkeypatch)
     listed = attention_forward(q, k, v, 1.5, True, 0.125, None, wrap=Recording)
     assert flags[0].sum().item() >= 2, flags[0]
