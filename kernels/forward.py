@@ -40,9 +40,9 @@ one program per (Z, H, BLOCK_M rows):
      floor = max(its bracket's lower end, m' - 1) <= TAU;
    - every tile bounded by centres and radii, CENTRE_CHUNK (32) tiles per small
      product;
-   - exact scores only for tiles whose bound exceeds some row's floor, in ascending
-     order; the tiles before ``first_masked_tile`` (kernels/masking.py), which every
-     row of the block sees whole, skip the per-entry mask here and in kernel 2.
+   - exact scores only for tiles whose bound exceeds some row's floor, from the
+     diagonal down; the tiles before ``first_masked_tile`` (kernels/masking.py), which
+     every row of the block sees whole, skip the per-entry mask here and in kernel 2.
      Each such tile's row maxima also go into a histogram per row, whose lower bound
      on TAU (kernels/histogram_floor.py) raises the floor at the end: on dense scores,
      where a row's largest entries lie in different tiles, it lands close to TAU, so
@@ -54,9 +54,13 @@ one program per (Z, H, BLOCK_M rows):
    nothing a later pass uses), ``bound`` = the max of that row max and ``rel_bound`` =
    the max of (row max within the tile - running row max): the running max never
    exceeds the final m, so rel_bound >= max (z - m) over those rows, a bound free of
-   the row-to-row spread of m. A group with nothing above its rows' floors in a tile
-   holds no nonzero of P there and not its rows' max: both bounds -inf, and no later
-   pass visits a tile where every group has them.
+   the row-to-row spread of m. The running max starts at the two local tiles' and
+   takes in the tiles from the diagonal down, where on local attention it meets the
+   row's max sooner than upwards: the forward got 8.2% faster on mid at N = 32768, 3.9%
+   at 8192 and 1.8% on high at 32768, dense within 0.6% (H200, same process,
+   benchmarks/results/h200-2026-11-28-descending.md). A group with nothing above its
+   rows' floors in a tile holds no nonzero of P there and not its rows' max: both
+   bounds -inf, and no later pass visits a tile where every group has them.
    A group is the rows one warp holds, so each warp reduces its own bounds
    (``store_tile_bounds``), where one bound per tile took a reduction across the
    warps. The groups made the max sweep 3-4% faster, and the sweeps and the output
@@ -128,8 +132,9 @@ start first and the short ones fill in at the end. Outputs bitwise the same; for
 bf16, D = 128, mid, high and dense at N = 8192 and 32768, same process).
 
 Compiled for sm_90 (bf16, D = 128, default config; triton 3.6 ptxas): the max sweep uses
-165 registers and 64 KB of shared memory without spills through descriptors at three
-stages (offline build at N = 32768), so three programs (12 warps) share an SM; with
+134 registers and 64 KB of shared memory without spills through descriptors at three
+stages (offline build at N = 32768, ``benchmarks/offline_sass.py``; 165 before session 27
+dropped a fill loop of -inf bounds), so three programs (12 warps) share an SM; with
 pointer loads at two stages it took 128 registers and 49 KB, four programs. The output
 kernel uses 255 registers and 113 KB with descriptors and three stages (32 bytes of
 stack; 82 KB and 80 bytes with pointer loads and two), two programs. Neither is bound
@@ -610,7 +615,7 @@ def _adasplash_fwd_rowmax(
     stride_mz, stride_mh, stride_mm,
     stride_bz, stride_bh, stride_bm, stride_bn,
     stride_lz, stride_lh, stride_lm, stride_ln,
-    M, N, GROUP, qk_scale_bits, alpha, inv, n_tile_cols,
+    M, N, GROUP, qk_scale_bits, alpha, inv,
     HEAD_DIM: tl.constexpr, HAS_SEQLENS: tl.constexpr, IS_CAUSAL: tl.constexpr, ALPHA_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CENTRE_CHUNK: tl.constexpr,
     SCAN: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, SCALE_AS_BITS: tl.constexpr,
@@ -618,7 +623,8 @@ def _adasplash_fwd_rowmax(
 ):
     """Max sweep: row max m, threshold floor and the floor of the rows' two local tiles
     alone (m_ptr, floor_ptr, local_floor_ptr: same strides; kernels/low_bracket.py) and both
-    bounds of all n_tile_cols tiles of the row block, per row group.
+    bounds of the row block's visible tiles (those before n_tiles of ``block_keys``), per
+    row group. Later passes read no tile past those, so the others stay unwritten.
 
     centre_ptr / radius_ptr: kernels/key_summary.py. bound_ptr / rel_bound_ptr share
     their shape and strides (stride_b*; the last dimension, BOUND_GROUPS row groups, is
@@ -736,14 +742,23 @@ def _adasplash_fwd_rowmax(
     # gained up to 4%. The loads stay inline, not in a helper: torch's
     # mutation analysis follows a helper's call into every argument it was given, so a
     # stored pointer computed from its result reported the kernel's inputs as written.
-    next_tile = tl.load(list_ptr + LIST_HEAD * stride_ln, mask=n_listed > 0, other=0)
+    #
+    # The list runs backwards, from the diagonal down. A tile's relative bound is taken
+    # against the running max, and going backwards the running max reaches the row's own
+    # max sooner: where attention is local the larger scores sit near the diagonal. On
+    # mid at N = 32768 the output pass then lists 34.3% of the causal tiles instead of
+    # 38.9% (benchmarks/tile_model.py, 8 row blocks; the final max would give 33.6%,
+    # bounds per row 30.1%), and the sweeps list fewer as well.
+    last = n_listed - 1
+    next_tile = tl.load(list_ptr + (last + LIST_HEAD) * stride_ln, mask=n_listed > 0, other=0)
     for i in range(0, n_listed):
         tile_n = next_tile
-        next_tile = tl.load(list_ptr + (i + 1 + LIST_HEAD) * stride_ln, mask=i + 1 < n_listed, other=0)
+        next_tile = tl.load(list_ptr + (last - 1 - i + LIST_HEAD) * stride_ln, mask=i < last, other=0)
         # Scaling by qk_scale > 0 commutes with the max, rounding included: one multiply
         # per row instead of one per entry.
         qk = score_tile(q, k_tiles, tile_n * BLOCK_N, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
-                        stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, KV_TMA)
+                        stride_kn, stride_kd, last - i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64,
+                        KV_TMA)
         row_max = tl.max(qk, 1) * qk_scale
         m_i = tl.maximum(m_i, row_max)
         store_tile_bounds(bound_row, rel_row, tile_n, stride_bn, row_max, m_i, floor_i, BLOCK_N)
@@ -752,11 +767,6 @@ def _adasplash_fwd_rowmax(
     # those above it (kernels/histogram_floor.py). The tile bounds above keep the looser
     # floor: a superset of the relevant rows, so they stay upper bounds.
     floor_i = histogram_floor(hist_count, hist_total, floor_i, m_i, inv, ALPHA_MODE)
-    # Tiles past the last visible key, padding included, hold no visible entry.
-    groups = tl.arange(0, BOUND_GROUPS)
-    for tile_n in range(n_tiles, n_tile_cols):
-        tl.store(bound_row + tile_n * stride_bn + groups, tl.full([BOUND_GROUPS], float("-inf"), tl.float32))
-        tl.store(rel_row + tile_n * stride_bn + groups, tl.full([BOUND_GROUPS], float("-inf"), tl.float32))
     row_offset = off_z * stride_mz + off_h * stride_mh + rows_m * stride_mm
     tl.store(m_ptr + row_offset, m_i, mask=offs_m < M)
     tl.store(floor_ptr + row_offset, floor_i, mask=offs_m < M)
@@ -1147,7 +1157,8 @@ def max_sweep(query, key, alpha, is_causal, scale, seqlens=None, *, config=None)
     """Kernel 1 alone, for tests and profiling: {"row_max", "floor", "local_floor", "bound",
     "rel_bound"}
     (bound and rel_bound shaped like tile_max plus a last dimension of BOUND_GROUPS row
-    groups of 16 rows; their padding row is never written)."""
+    groups of 16 rows; written only for each row block's visible tiles, the rest left as
+    allocated)."""
     buffers = _run_forward(query, key, key, alpha, is_causal, scale, seqlens, None, config, False,
                            with_output=False)
     return {name: buffers[name] for name in ("row_max", "floor", "local_floor", "bound", "rel_bound")}
@@ -1236,7 +1247,7 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
         query, key, centre, radius, row_max, floor, local_floor, bound, rel_bound, tile_list, seqlens_arg,
         *query.stride(), *key.stride(), *centre.stride(), *radius.stride(), *row_max.stride(), *bound.stride()[:4],
         *tile_list.stride(),
-        n_queries, n_keys, group, scale_argument, alpha, 1.0 / (alpha - 1.0), tile_max.shape[3],
+        n_queries, n_keys, group, scale_argument, alpha, 1.0 / (alpha - 1.0),
         CENTRE_CHUNK=_CENTRE_CHUNK, SCAN=_TILE_SCAN, SCALE_AS_BITS=scale_as_bits, KV_TMA=bool(kv_tma),
         **common, **rowmax_tuning,
     )

@@ -23,7 +23,7 @@ sweeps instead of three (CPU simulation, 8 row blocks each of the benchmark's de
 workload at N = 8192 and 32768): on the H100 the forward took 19-22% less time there.
 The bins live in registers of the max sweep, which with pointer loads stays within 128
 (sm_90, triton 3.6), so four programs still share an SM (through descriptors at three
-stages it takes 165, and its shared memory allows three); where the mass is local (the
+stages it takes 134, and its shared memory allows three); where the mass is local (the
 mid and high workloads) the floor of the two local tiles is already as tight, and the
 bins cost 0.5-3% of the forward. Four bins of width 0.5 (half the registers) gave back
 0.2-0.5% there but lost the whole dense gain: with the bins' lower edges instead of their
@@ -39,8 +39,12 @@ from adasplash_compile.kernels.tau import entmax_power
 HIST_BINS: tl.constexpr = tl.constexpr(8)
 HIST_WIDTH: tl.constexpr = tl.constexpr(0.25)
 # Halvings of [floor, m] in the root search; the bound keeps the lower end, so fewer only
-# loosen it. 2^-20 of a width of at most a few units is far below any entry spacing.
-HIST_BISECTIONS: tl.constexpr = tl.constexpr(20)
+# loosen it, here by at most 2^-12 of m - floor <= 1 (floor >= m - 1). Each halving sums
+# (rows, HIST_BINS) terms: at 20 the search took 14% of the max sweep's instructions per row
+# block at mid N = 32768 (sm_90 SASS, triton 3.6: 343 a halving). At 12, with the max
+# sweep's fill of -inf bounds dropped too, the max sweep took 2.3-7.2% less time (dense
+# 32768: +0.9%), the forward up to 2.6% (H200, benchmarks/results/h200-2026-11-28-descending.md).
+HIST_BISECTIONS: tl.constexpr = tl.constexpr(12)
 # Absorbs the float32 rounding of the bins' sums (shifted units, sums of up to a few
 # thousand values of at most a few units).
 HIST_SLACK: tl.constexpr = tl.constexpr(1e-4)

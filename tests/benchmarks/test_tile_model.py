@@ -30,6 +30,10 @@ def test_nonzero_share_matches_the_reference_tile_max(workload):
     nonzero = sum(int(torch.isfinite(tile_max[0, 0, block, : block + 1]).sum()) for block in blocks)
     visible = sum(block + 1 for block in blocks)
     assert 0.0 < shares["nonzero"] < 1.0
+    if workload == "mid":
+        # Rows whose max lies outside their local tiles: the relative bound drops tiles
+        # the bound alone keeps.
+        assert shares["groups=4"] < shares["bound alone=4"]
     assert shares["nonzero"] == pytest.approx(nonzero / visible, abs=1e-12)
 
 
@@ -38,6 +42,7 @@ def test_bounds_list_every_tile_above_the_floor_and_groups_every_nonzero_tile(wo
     shares = tile_model.tile_shares(workload, N, blocks=6, seed=1)
     for parts in tile_model.CENTRE_COUNTS:
         assert shares[f"centres={parts}"] >= shares["above"]
+    assert shares["above"] >= shares["bound alone=4"] >= shares["groups=4"]
     for groups in tile_model.GROUP_COUNTS:
         assert shares["above"] >= shares[f"groups={groups}"] >= shares["nonzero"]
     # One group per row: a tile is listed iff one of its rows has an entry above its tau.

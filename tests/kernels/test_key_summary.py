@@ -92,13 +92,22 @@ def _check_max_sweep(q, k, scale, alpha=1.5):
     assert (bound[recorded] >= group_relevant_top[recorded] - 1e-4).all()
     assert (rel_bound[recorded] >= group_rel[recorded] - 1e-4).all()
     assert (above_floor[visible[..., None] & ~recorded] <= 1e-4).all()
-    assert torch.isneginf(bound[~visible]).all()
     # A tile some group lists (bound above -inf, relative bound above -1) was computed
     # exactly, so each group's bounds cover its own rows alone: no higher than the max
     # over the group's rows at most float32 rounding below their floor.
     listed = (visible[..., None] & ((bound > float("-inf")) & (rel_bound > -1)).any(-1, keepdim=True)).expand_as(bound)
     group_top = per_group(torch.where(row_tile_max > row_floor - 1e-4, row_tile_max, neg))
     assert (bound[listed] <= group_top[listed] + 1e-4).all()
+    # The max sweep walks its list backwards, from the diagonal down, so a tile's relative
+    # bound is taken against the row's max over that tile, every later one and the two
+    # local tiles (the max sweep's first step): tiles left out hold nothing above that.
+    later_max = row_tile_max.flip(-1).cummax(-1).values.flip(-1)
+    block_of_row = torch.arange(t * 64, device=z.device)[:, None] // 64
+    with_local = torch.minimum(torch.arange(t, device=z.device)[None, :], (block_of_row - 1).clamp(min=0))
+    running_max = later_max.gather(-1, with_local.expand_as(later_max))
+    near_floor = row_tile_max > row_floor - 1e-4
+    group_rel_descending = per_group(torch.where(near_floor, row_tile_max - running_max, neg))
+    assert (rel_bound[listed] <= group_rel_descending[listed] + 1e-4).all()
     skipped = visible & (rel_bound.amax(-1) <= -1)
     groups_apart = listed & torch.isneginf(group_top)
     return int(skipped.sum()), int((visible & (above_tau <= 0)).sum()), int(groups_apart.sum())
@@ -111,6 +120,29 @@ def test_max_sweep_bounds_hold_and_skip_far_tiles():
     assert zero_tiles > 20 and skipped >= 0.9 * zero_tiles and groups_apart > 0
     q, k, _ = make_qkv(1, 2, 2, 300, 300, 32, torch.float32)  # i.i.d. keys: loose, still valid
     _check_max_sweep(q, k, 32**-0.5)
+
+
+@interpret
+def test_relative_bounds_take_the_max_of_the_tiles_nearer_the_diagonal():
+    # z = c_j for every row (queries and keys along one axis, scale folded into q): the
+    # local tiles 4 and 5 hold zeros, tile 3 one entry of 0.5, tiles 0-2 one of 0.3 each,
+    # all else -5. Row block 5's floor sits near -0.1, so all of these count. Walked
+    # from the diagonal down, tile 3 raises the running max to 0.5 before tiles 0-2,
+    # whose relative bound is then 0.3 - 0.5; upwards it would be 0.3 - 0.
+    head_dim, n = 32, 384
+    key_scores = torch.full((n,), -5.0)
+    key_scores[256:] = 0.0
+    key_scores[200] = 0.5
+    key_scores[[10, 70, 140]] = 0.3
+    q = torch.zeros(1, 1, n, head_dim)
+    q[..., 0] = 2 * head_dim**0.5
+    k = torch.zeros(1, 1, n, head_dim)
+    k[0, 0, :, 0] = key_scores
+    q, k = q.to(DEVICE), k.to(DEVICE)
+    _check_max_sweep(q, k, head_dim**-0.5)
+    rel_bound = forward.max_sweep(q, k, 1.5, True, head_dim**-0.5)["rel_bound"][0, 0, 5].double()
+    torch.testing.assert_close(rel_bound[:3], torch.full((3, 4), -0.2, dtype=torch.float64), rtol=0, atol=1e-5)
+    torch.testing.assert_close(rel_bound[3], torch.zeros(4, dtype=torch.float64), rtol=0, atol=1e-5)
 
 
 @gpu

@@ -1,0 +1,112 @@
+"""The max sweep built for sm_90 without a GPU, and its loops' sizes in SASS.
+
+Compiles ``_adasplash_fwd_rowmax`` as the benchmark launches it (bf16, D = 128, causal,
+alpha = 1.5, GROUP = 1, unit strides and the other integers divisible by 16: without
+those hints ptxas reports 183 registers instead of 165) with the Triton release the GPU
+machine runs, installed beside the project's:
+
+    python -m pip install -q --no-deps --target /tmp/tr36site triton==3.6.0
+    PYTHONPATH=/tmp/tr36site python benchmarks/offline_sass.py --out /tmp/rowmax [--stages 2] [--pointers]
+
+Writes <out>.cubin, .ptx, .ttgir and .sass (nvdisasm -c -gi, with source lines), prints
+the registers and shared memory, and every loop (a backward branch) with its size in
+instructions and the source lines that contribute most.
+"""
+
+import argparse
+import os
+import re
+import subprocess
+from pathlib import Path
+
+os.environ["TRITON_INTERPRET"] = "0"
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+
+from adasplash_compile.kernels import forward  # noqa: E402
+
+POINTERS = {"q_ptr": "*bf16", "k_ptr": "*bf16", "centre_ptr": "*bf16", "radius_ptr": "*fp32", "m_ptr": "*fp32",
+            "floor_ptr": "*fp32", "local_floor_ptr": "*fp32", "bound_ptr": "*fp32", "rel_bound_ptr": "*fp32",
+            "tile_list_ptr": "*i32", "seqlens_ptr": "*fp32"}
+UNIT = {"stride_qd", "stride_kd", "stride_cd", "stride_rn", "stride_mm", "stride_ln", "GROUP"}
+
+
+def build(stages: int, descriptors: bool):
+    fn = forward._adasplash_fwd_rowmax
+    constexprs = dict(HEAD_DIM=128, HAS_SEQLENS=False, IS_CAUSAL=True, ALPHA_MODE=1, BLOCK_M=64, BLOCK_N=64,
+                      BLOCK_D=128, CENTRE_CHUNK=forward._CENTRE_CHUNK, SCAN=forward._TILE_SCAN,
+                      DOT_PRECISION="tf32", USE_INT64=False, SCALE_AS_BITS=True, KV_TMA=descriptors)
+    signature, constants, divisible = {}, {}, []
+    for name in fn.arg_names:
+        if name in POINTERS:
+            signature[name] = POINTERS[name]
+            divisible.append(name)
+        elif name in constexprs or name in UNIT:
+            signature[name] = "constexpr"
+            constants[name] = constexprs.get(name, 1)
+        elif name in ("alpha", "inv"):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if name in ("M", "N") or (name.startswith("stride") and name != "stride_bn"):
+                divisible.append(name)
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible}
+    source = triton.compiler.ASTSource(fn, signature, constants, attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=stages))
+
+
+def loops(sass: str) -> list:
+    """(first address, last address, instructions, top source lines) of each backward branch."""
+    labels, pending, instructions, line = {}, [], [], ""
+    for text in sass.split("\n"):
+        stripped = text.strip()
+        if stripped.startswith("//##"):
+            line = re.sub(r'File "[^"]*/', "", stripped)[5:].split(" inlined at")[0]
+            continue
+        label = re.match(r"^\.(L_x_\d+):", stripped)
+        if label:
+            pending.append(label.group(1))
+            continue
+        instruction = re.match(r"\s*/\*([0-9a-f]{4,5})\*/\s+(.*?);", text)
+        if instruction:
+            address = int(instruction.group(1), 16)
+            for name in pending:
+                labels[name] = address
+            pending = []
+            instructions.append((address, instruction.group(2), line))
+    found = []
+    for address, text, _ in instructions:
+        target = re.search(r"BRA `\(\.(L_x_\d+)\)", text)
+        if target and labels.get(target.group(1), address + 1) <= address:
+            start = labels[target.group(1)]
+            body = [src for a, _, src in instructions if start <= a <= address]
+            top = sorted({src: body.count(src) for src in body}.items(), key=lambda item: -item[1])[:4]
+            found.append((start, address, len(body), top))
+    return found
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="/tmp/rowmax")
+    parser.add_argument("--stages", type=int, default=3)
+    parser.add_argument("--pointers", action="store_true", help="pointer loads instead of descriptors")
+    args = parser.parse_args()
+    kernel = build(args.stages, not args.pointers)
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    out = Path(args.out)
+    out.with_suffix(".cubin").write_bytes(kernel.asm["cubin"])
+    out.with_suffix(".ptx").write_text(kernel.asm["ptx"])
+    out.with_suffix(".ttgir").write_text(kernel.asm["ttgir"])
+    usage = subprocess.run([str(tools / "cuobjdump"), "--dump-resource-usage", str(out.with_suffix(".cubin"))],
+                           capture_output=True, text=True, check=True).stdout
+    sass = subprocess.run([str(tools / "nvdisasm"), "-c", "-gi", str(out.with_suffix(".cubin"))],
+                          capture_output=True, text=True, check=True).stdout
+    out.with_suffix(".sass").write_text(sass)
+    print(re.search(r"REG:\d+", usage).group(0), "shared", kernel.metadata.shared)
+    for start, end, size, top in loops(sass):
+        print(f"loop {start:#x}..{end:#x}: {size} instructions;", "; ".join(f"{n} {src}" for src, n in top))
+
+
+if __name__ == "__main__":
+    main()
