@@ -48,7 +48,8 @@ one program per (Z, H, BLOCK_M rows):
      where a row's largest entries lie in different tiles, it lands close to TAU, so
      the first sweep starts from a narrow bracket (forward 19-22% faster on the
      benchmark's dense workload at N = 8192 and 32768; on mid and high, whose mass is
-     local, the step-1 floor is about as tight already, and the histogram costs 0.5-3%).
+     local, the step-1 floor is nearly as tight, and the histogram costs 0.5-3%, though
+     at mid N = 32768 the forward without it was 14% slower: kernels/histogram_floor.py).
    It writes the row max m and floor, and per tile and group of 16 rows, over the
    group's rows whose max within the tile exceeds their floor (the others hold
    nothing a later pass uses), ``bound`` = the max of that row max and ``rel_bound`` =

@@ -24,8 +24,10 @@ workload at N = 8192 and 32768): on the H100 the forward took 19-22% less time t
 The bins live in registers of the max sweep, which with pointer loads stays within 128
 (sm_90, triton 3.6), so four programs still share an SM (through descriptors at three
 stages it takes 134, and its shared memory allows three); where the mass is local (the
-mid and high workloads) the floor of the two local tiles is already as tight, and the
-bins cost 0.5-3% of the forward. Four bins of width 0.5 (half the registers) gave back
+mid and high workloads) the floor of the two local tiles is nearly as tight, and the
+bins cost 0.5-3% of the forward, except at mid N = 32768: there, binning only in row
+blocks that list 3/4 of their tiles made the forward 14% slower (H200, same process,
+benchmarks/results/h200-2026-11-28-descending.md). Four bins of width 0.5 (half the registers) gave back
 0.2-0.5% there but lost the whole dense gain: with the bins' lower edges instead of their
 means, or with four bins, the dense row blocks of a CPU simulation need three sweeps
 again instead of two.
