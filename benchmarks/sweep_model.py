@@ -26,6 +26,7 @@ counted sweep): about 3 instructions without counts, 5.5 with, so ``u4,c4`` issu
 
     python benchmarks/sweep_model.py --workloads mid --n 8192 32768 --plans u4,c4 c8 c16
     python benchmarks/sweep_model.py --workloads dense --n 8192 --plans low=0.15,c4 low=0.15,c2
+    python benchmarks/sweep_model.py --workloads mid --n 32768 --plans u4,c4 --blocks 12 --floor local
 """
 
 import argparse
@@ -133,15 +134,21 @@ def parse_plan(text: str):
     return low, sweeps
 
 
-def block_rows(query, key, block, scale):
-    """(shifted scores y, shifted tau, shifted floor, hi) of one row block's rows."""
+FLOORS = ("histogram", "local")
+
+
+def block_rows(query, key, block, scale, floor_kind="histogram"):
+    """(shifted scores y, shifted tau, shifted floor, hi) of one row block's rows; the floor
+    of the two local tiles, raised by the histogram unless floor_kind is "local"."""
     n_tiles = block + 1
     z = tile_model.block_scores(query, key, block, scale)
     m = z.amax(1)
     y = z - m[:, None]
     tau = solve_tau(y, tile_model.ALPHA)[:, 0]
     tile_row_max = y.view(TILE_M, n_tiles, TILE_N).amax(2)
-    floor = histogram_floor(tile_row_max, tile_model.local_floor(y, block), torch.zeros_like(m))
+    floor = tile_model.local_floor(y, block)
+    if floor_kind == "histogram":
+        floor = histogram_floor(tile_row_max, floor, torch.zeros_like(m))
     n_keys = (torch.arange(TILE_M) + block * TILE_M + 1).to(y.dtype)
     return y, tau, floor.clamp_min(-1.0), -n_keys.rsqrt()
 
@@ -173,14 +180,15 @@ def run_plan(y, tau, lo, hi, low, sweeps):
     return folds, int(misses.sum()), int(reopened.sum()), band
 
 
-def plan_outcomes(workload: str, n: int, plans, blocks: int, seed: int = 0, list_slots: int = 128) -> dict:
+def plan_outcomes(workload: str, n: int, plans, blocks: int, seed: int = 0, list_slots: int = 128,
+                  floor_kind: str = "histogram") -> dict:
     """{plan text: (blocks folding, blocks, rows missing the bound, rows reopened, blocks
     whose unconverged rows each hold at most list_slots entries inside their last bracket)}."""
     parsed = {plan: parse_plan(plan) for plan in plans}
     query, key, scale = tile_model.head_inputs(workload, n)
     outcomes = {plan: [0, 0, 0, 0, 0] for plan in plans}
     for block in tile_model.sample_blocks(n, blocks, seed):
-        y, tau, floor, hi = block_rows(query, key, block, scale)
+        y, tau, floor, hi = block_rows(query, key, block, scale, floor_kind)
         for plan, (low, sweeps) in parsed.items():
             folds, misses, reopened, band = run_plan(y, tau, floor, hi, low, sweeps)
             total = outcomes[plan]
@@ -200,13 +208,15 @@ def main(argv=None):
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--list-slots", type=int, default=128)
+    parser.add_argument("--floor", choices=FLOORS, default="histogram",
+                        help="local: the floor of the two local tiles alone, without the histogram's lift")
     args = parser.parse_args(argv)
     print("| workload | N | plan | blocks folding | rows missing the bound | rows reopened "
           f"| blocks whose brackets fit {args.list_slots} slots |")
     print("|---|---|---|---|---|---|---|")
     for workload in args.workloads:
         for n in args.n:
-            outcomes = plan_outcomes(workload, n, args.plans, args.blocks, args.seed, args.list_slots)
+            outcomes = plan_outcomes(workload, n, args.plans, args.blocks, args.seed, args.list_slots, args.floor)
             for plan, (folds, total, misses, reopened, fitting) in outcomes.items():
                 print(f"| {workload} | {n} | `{plan}` | {folds}/{total} | {misses} | {reopened} | {fitting}/{total} |",
                       flush=True)

@@ -8,6 +8,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import sweep_model  # noqa: E402
+import tile_model  # noqa: E402
 
 from adasplash_compile.reference import solve_tau  # noqa: E402
 
@@ -78,3 +79,13 @@ def test_band_counts_the_entries_inside_the_last_bracket_of_unconverged_rows():
 def test_rejects_a_plan_it_cannot_run(plan):
     with pytest.raises(ValueError, match="plan: expected"):
         sweep_model.parse_plan(plan)
+
+
+def test_the_histogram_lifts_the_local_floor_and_both_stay_below_tau():
+    query, key, scale = tile_model.head_inputs("dense", 1024)
+    for block in (8, 15):
+        y, tau, lifted, _ = sweep_model.block_rows(query, key, block, scale)
+        _, _, local, _ = sweep_model.block_rows(query, key, block, scale, "local")
+        assert (local <= lifted).all() and (lifted <= tau + 1e-12).all()
+        # Dense scores spread a row's largest entries over its tiles: the bins lift it.
+        assert (lifted > local + 1e-3).float().mean() > 0.5
