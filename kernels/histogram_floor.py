@@ -27,10 +27,11 @@ stages it takes 134, and its shared memory allows three); where the mass is loca
 mid and high workloads) the floor of the two local tiles is nearly as tight, and the
 bins cost 0.5-3% of the forward, except at mid N = 32768: there, binning only in row
 blocks that list 3/4 of their tiles made the forward 14% slower (H200, same process,
-benchmarks/results/h200-2026-11-28-descending.md). Four bins of width 0.5 (half the registers) gave back
-0.2-0.5% there but lost the whole dense gain: with the bins' lower edges instead of their
-means, or with four bins, the dense row blocks of a CPU simulation need three sweeps
-again instead of two.
+benchmarks/results/h200-2026-11-28-descending.md; from the local floor alone 3 of 12
+blocks of a CPU simulation miss the fold after two sweeps). Four bins of width 0.5
+(half the registers) gave back 0.2-0.5% there but lost the whole dense gain: with the
+bins' lower edges instead of their means, or with four bins, the dense row blocks of a
+CPU simulation need three sweeps again instead of two.
 """
 
 import triton
@@ -45,7 +46,8 @@ HIST_WIDTH: tl.constexpr = tl.constexpr(0.25)
 # (rows, HIST_BINS) terms: at 20 the search took 14% of the max sweep's instructions per row
 # block at mid N = 32768 (sm_90 SASS, triton 3.6: 343 a halving). At 12, with the max
 # sweep's fill of -inf bounds dropped too, the max sweep took 2.3-7.2% less time (dense
-# 32768: +0.9%), the forward up to 2.6% (H200, benchmarks/results/h200-2026-11-28-descending.md).
+# 32768: +0.9%), the forward up to 2.6% (H200,
+# benchmarks/results/h200-2026-11-28-descending.md).
 HIST_BISECTIONS: tl.constexpr = tl.constexpr(12)
 # Absorbs the float32 rounding of the bins' sums (shifted units, sums of up to a few
 # thousand values of at most a few units).
