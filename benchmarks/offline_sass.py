@@ -2,8 +2,9 @@
 
 Compiles ``_adasplash_fwd_rowmax`` as the benchmark launches it (bf16, D = 128, causal,
 alpha = 1.5, GROUP = 1, unit strides and the other integers divisible by 16: without
-those hints ptxas reports 183 registers instead of 165) with the Triton release the GPU
-machine runs, installed beside the project's:
+those hints ptxas reported 183 registers instead of 165, before session 27's trim took
+the hinted build to 134) with the Triton release the GPU machine runs, installed beside
+the project's:
 
     python -m pip install -q --no-deps --target /tmp/tr36site triton==3.6.0
     PYTHONPATH=/tmp/tr36site python benchmarks/offline_sass.py --out /tmp/rowmax [--stages 2] [--pointers]

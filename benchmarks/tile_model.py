@@ -107,6 +107,7 @@ def block_counts(query, key, summaries, block, scale):
     counts["above"] = int(above.any(0).sum())
     local_max = tile_row_max[:, max(0, block - 1):].amax(1, keepdim=True)
     running_max = torch.maximum(tile_row_max.flip(1).cummax(1).values.flip(1), local_max)
+    shifted_tau = tau - tile_row_max.amax(1)
     for groups in GROUP_COUNTS:
         def group_max(x):
             return torch.where(above, x, float("-inf")).view(groups, TILE_M // groups, n_tiles).amax(1)
@@ -117,7 +118,7 @@ def block_counts(query, key, summaries, block, scale):
         over_tau = group_max(tile_row_max) > group_min(tau)
         if groups == 4:
             counts["bound alone=4"] = int(over_tau.any(0).sum())
-        over_shifted_tau = group_max(tile_row_max - running_max) > group_min(tau - tile_row_max.amax(1))
+        over_shifted_tau = group_max(tile_row_max - running_max) > group_min(shifted_tau)
         counts[f"groups={groups}"] = int((over_tau & over_shifted_tau).any(0).sum())
     counts["nonzero"] = int((tile_row_max > tau[:, None]).any(0).sum())
     return counts

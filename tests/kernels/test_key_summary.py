@@ -96,7 +96,8 @@ def _check_max_sweep(q, k, scale, alpha=1.5):
     # exactly, so each group's bounds cover its own rows alone: no higher than the max
     # over the group's rows at most float32 rounding below their floor.
     listed = (visible[..., None] & ((bound > float("-inf")) & (rel_bound > -1)).any(-1, keepdim=True)).expand_as(bound)
-    group_top = per_group(torch.where(row_tile_max > row_floor - 1e-4, row_tile_max, neg))
+    near_floor = row_tile_max > row_floor - 1e-4
+    group_top = per_group(torch.where(near_floor, row_tile_max, neg))
     assert (bound[listed] <= group_top[listed] + 1e-4).all()
     # The max sweep walks its list backwards, from the diagonal down, so a tile's relative
     # bound is taken against the row's max over that tile, every later one and the two
@@ -105,7 +106,6 @@ def _check_max_sweep(q, k, scale, alpha=1.5):
     block_of_row = torch.arange(t * 64, device=z.device)[:, None] // 64
     with_local = torch.minimum(torch.arange(t, device=z.device)[None, :], (block_of_row - 1).clamp(min=0))
     running_max = later_max.gather(-1, with_local.expand_as(later_max))
-    near_floor = row_tile_max > row_floor - 1e-4
     group_rel_descending = per_group(torch.where(near_floor, row_tile_max - running_max, neg))
     assert (rel_bound[listed] <= group_rel_descending[listed] + 1e-4).all()
     skipped = visible & (rel_bound.amax(-1) <= -1)
