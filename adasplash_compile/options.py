@@ -13,7 +13,8 @@ averaged with the weights u_ij = p_ij^(2-alpha) = p_ij^(1/2), the diagonal of th
 Jacobian, over its support: sum_j u_ij v_j / sum_j u_ij, zeros for a row without support.
 The backward's DELTA_i = sum_j u_ij dP_ij / sum_j u_ij is then dO_i . u_value_mean_i, with
 no product over the keys. The 16-bit forward that folds its last threshold sweep
-(kernels/fold_output.py) takes the weights at its estimate t >= tau instead of at tau.
+(kernels/fold_output.py) takes the weights at its estimate t, within 2^-11 of tau, instead
+of at tau.
 Zeros for other alphas, whose backward learns DELTA over its own support: there u jumps
 (alpha = 2) or rises steeply at the support's edge, so entries that the forward and the
 backward round to different sides of tau would move a shared DELTA by a whole share

@@ -7,8 +7,9 @@ pass finish tau once the estimate t is close enough (kernels/fold_output.py: d =
 with d^2 C <= 2^-12 and |d| <= 2^-11 for bf16 outputs, C the entries above t). This model
 replays that on float64 scores of a benchmark workload (workloads.py, one head, causal),
 row blocks of 64 queries drawn as in tile_model.py, for a *plan*: the sweeps run before
-the fold is tried, written ``u4`` (4 edges, no counts) or ``c8`` (8 edges, counts),
-comma-separated, optionally led by ``low=0.15`` (the first sweep covers only the bottom
+the fold is tried, written ``u4`` (4 edges, no counts), ``c8`` (8 edges, counts) or ``g4``
+(4 edges, G at every edge and the count taken from its chord, as the forward's sweep
+before the fold: kernels/tau.py ``tau_update``, CHORD_COUNTS), comma-separated, optionally led by ``low=0.15`` (the first sweep covers only the bottom
 15% of the bracket, as kernels/low_bracket.py does for dense blocks; a row whose tau lies
 above it counts as reopened, and its block does not fold).
 
@@ -22,9 +23,12 @@ floor is the histogram floor of kernels/histogram_floor.py over the tile maxima 
 each row's local floor (tile_model.py ``local_floor``); the kernels' own floors are lower
 bracket ends and a little lower. Cost per entry and edge (sm_90, triton 3.6 SASS of the
 counted sweep): about 3 instructions without counts, 5.5 with, so ``u4,c4`` issues about
-34 per entry and ``c16`` about 88.
+34 per entry and ``c16`` about 88; ``u4,g4`` about 23. Over 40 row blocks of mid at
+N = 8192 and 32768, ``u4,g4`` folds every block, as ``u4,c4`` does (the largest |d| 3.1e-4
+both, against the fold's 2^-11), where ``u4,g3`` folds 34 and 24 of the 40 and ``u3,g4`` 10
+and 3 of 16.
 
-    python benchmarks/sweep_model.py --workloads mid --n 8192 32768 --plans u4,c4 c8 c16
+    python benchmarks/sweep_model.py --workloads mid --n 8192 32768 --plans u4,g4 u4,c4 c8 c16
     python benchmarks/sweep_model.py --workloads dense --n 8192 --plans low=0.15,c4 low=0.15,c2
     python benchmarks/sweep_model.py --workloads mid --n 32768 --plans u4,c4 --blocks 12 --floor local
 """
@@ -83,8 +87,10 @@ def _smaller_root(a, fa, ga, count):
     return a + fa / (ga + disc.clamp_min(0.0).sqrt()).clamp_min(1e-30), disc >= 0
 
 
-def update_bracket(lo, hi, stat_f, stat_g, stat_c, counts):
-    """kernels/tau.py ``tau_update`` for alpha = 1.5 on float64 rows: (lo, hi, estimate, done)."""
+def update_bracket(lo, hi, stat_f, stat_g, stat_c, kind):
+    """kernels/tau.py ``tau_update`` for alpha = 1.5 on float64 rows: (lo, hi, estimate, done).
+    kind: the sweep's statistics, "u" (no counts), "c" (counts) or "g" (the count from the
+    chord of G, CHORD_COUNTS)."""
     edges = stat_f.shape[1]
     cols = torch.arange(edges)
     j_lo = torch.where(stat_f >= 1.0, cols, 0).amax(1)
@@ -95,24 +101,30 @@ def update_bracket(lo, hi, stat_f, stat_g, stat_c, counts):
         return stat.gather(1, j[:, None])[:, 0]
 
     fa, fb = pick(stat_f, j_lo) - 1.0, pick(stat_f, j_hi) - 1.0
-    ga, ca, cb = pick(stat_g, j_lo), pick(stat_c, j_lo), pick(stat_c, j_hi)
+    ga, gb, ca, cb = pick(stat_g, j_lo), pick(stat_g, j_hi), pick(stat_c, j_lo), pick(stat_c, j_hi)
     a = lo + (hi - lo) * j_lo / (edges - 1)
     b = torch.where(at_top, hi, lo + (hi - lo) * j_hi / (edges - 1))
     newton = a + fa / (2.0 * ga).clamp_min(1e-30)
     secant = a + (b - a) * (fa / (fa - fb).clamp_min(1e-30))
     new_lo = torch.minimum(torch.maximum(newton, a), b)
     new_hi = torch.minimum(secant, b)
-    if counts:
+    if kind == "c":
         closed, closed_real = _smaller_root(a, fa, ga, ca)
         new_hi = torch.where(closed_real, torch.minimum(new_hi, closed), new_hi)
         quadratic, quadratic_real = _smaller_root(a, fa, ga, cb)
         new_lo = torch.where(quadratic_real, torch.minimum(torch.maximum(new_lo, quadratic), b), new_lo)
         exact = ca == cb
+    elif kind == "g":
+        counted_below = torch.where(fb > -1.0, (gb * gb / (fb + 1.0).clamp_min(1e-30)).floor(), 0.0)
+        quadratic, quadratic_real = _smaller_root(a, fa, ga, counted_below)
+        new_lo = torch.where(quadratic_real, torch.minimum(torch.maximum(new_lo, quadratic), b), new_lo)
+        chord, chord_real = _smaller_root(a, fa, ga, (ga - gb) / (b - a).clamp_min(1e-30))
+        closed, exact = torch.where(chord_real, chord, newton), torch.zeros_like(at_top)
     else:
         closed, exact = newton, torch.zeros_like(at_top)
     new_hi = torch.maximum(new_hi, new_lo)
     estimate = torch.minimum(torch.maximum(closed, new_lo), new_hi)
-    if counts:
+    if kind == "c":
         estimate = torch.where(exact, torch.minimum(torch.maximum(closed, a), b), estimate)
     estimate = torch.where(at_top, hi, estimate)
     done = at_top | exact | (fa <= 0.0) | (new_hi - new_lo <= TAU_TOL)
@@ -120,15 +132,15 @@ def update_bracket(lo, hi, stat_f, stat_g, stat_c, counts):
 
 
 def parse_plan(text: str):
-    """'low=0.15,u4,c4' -> (0.15, [(4, False), (4, True)]); low is None when absent."""
+    """'low=0.15,u4,g4' -> (0.15, [(4, "u"), (4, "g")]); low is None when absent."""
     low, sweeps = None, []
     for part in text.split(","):
         if part.startswith("low="):
             low = float(part[4:])
-        elif part[:1] in ("u", "c") and part[1:].isdigit() and int(part[1:]) >= 2:
-            sweeps.append((int(part[1:]), part[0] == "c"))
+        elif part[:1] in ("u", "c", "g") and part[1:].isdigit() and int(part[1:]) >= 2:
+            sweeps.append((int(part[1:]), part[0]))
         else:
-            raise ValueError(f"plan: expected low=F, uK or cK (K >= 2 edges), got {part!r} in {text!r}")
+            raise ValueError(f"plan: expected low=F, uK, cK or gK (K >= 2 edges), got {part!r} in {text!r}")
     if not sweeps:
         raise ValueError(f"plan: expected at least one sweep, got {text!r}")
     return low, sweeps
@@ -161,9 +173,9 @@ def run_plan(y, tau, lo, hi, low, sweeps):
     reopened = torch.zeros_like(active)
     top = hi if low is None else lo + low * (hi - lo)
     full_hi, hi = hi, top
-    for index, (edges, counts) in enumerate(sweeps):
+    for index, (edges, kind) in enumerate(sweeps):
         points = lo[:, None] + (hi - lo)[:, None] * torch.arange(edges, dtype=y.dtype) / (edges - 1)
-        new_lo, new_hi, new_estimate, done = update_bracket(lo, hi, *edge_statistics(y, points), counts)
+        new_lo, new_hi, new_estimate, done = update_bracket(lo, hi, *edge_statistics(y, points), kind)
         if index == 0:
             # kernels/low_bracket.py reopen_above: tau lies above the low bracket.
             reopened = active & (new_lo >= top) & (top < full_hi)
@@ -204,7 +216,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", nargs="+", choices=wl.WORKLOADS, default=["mid"])
     parser.add_argument("--n", type=int, nargs="+", default=[8192, 32768])
-    parser.add_argument("--plans", nargs="+", default=["u4,c4", "c8", "c16"])
+    parser.add_argument("--plans", nargs="+", default=["u4,g4", "u4,c4", "c8", "c16"])
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--list-slots", type=int, default=128)

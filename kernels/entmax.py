@@ -193,7 +193,7 @@ def _entmax_fwd(
                 stat_f, stat_g, stat_c = tau_accumulate(zc - m_shift[:, None], 1.0, 0.0, lo, hi, stat_f, stat_g, stat_c,
                                                         inv, NBINS, ALPHA_MODE, EDGE_UNROLL, True, True)
         lo, hi, tau_i, active = tau_update(lo, hi, tau_i, active, stat_f, stat_g, stat_c, 0.0, inv, NBINS,
-                                           ALPHA_MODE, TAU_TOL, True)
+                                           ALPHA_MODE, TAU_TOL, True, False)
         n_active = tl.sum(active.to(tl.int32), 0)
         sweep += 1
     tau_i = tl.where(has_entries, m_shift + tau_i, float("inf"))

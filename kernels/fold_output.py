@@ -2,21 +2,25 @@
 
 For alpha = 1.5, p_j = (z_j - tau)^2 on the support, normalised so that
 f(tau) = sum_j [z_j - tau]_+^2 = 1. The output pass runs at the threshold estimate t
-left by the sweeps (kernels/tau.py: the closed form, at or above tau) and gathers,
-over the entries above t with g_j = z_j - t,
+left by the sweeps (kernels/tau.py: the closed form, its count taken from the chord of G,
+``tau_update``'s CHORD_COUNTS, so on either side of tau) and gathers, over the entries
+above t with g_j = z_j - t,
 
     F = sum g^2,  G = sum g,  C = #{g > 0},  A = sum g^2 v,  B = sum g v.
 
-With d = tau - t (d <= 0), every entry above t is in the support and contributes
+With d = tau - t <= 0, every entry above t is in the support and contributes
 (g - d)^2 = g^2 - 2 d g + d^2, so tau solves F - 2 d G + d^2 C = 1 (smaller root, no
 cancellation: d = (F - 1) / (G + sqrt(G^2 - C (F - 1)))) and
 
     out = (A - 2 d B + d^2 sum v) / (F - 2 d G + d^2 C).
 
 Dropping d^2 sum v, and correspondingly d^2 C, gives out' = (A - 2 d B) / (F - 2 d G),
-off by d^2 sum_j (out - v_j) / (1 - d^2 C), at most about 2 d^2 C max|v|. The entries
-in (tau, t] are left out: each has p <= d^2 and z - tau <= |d|. The pass therefore
-costs one more small product per tile (B) in place of a whole threshold sweep.
+off by d^2 sum_j (out - v_j) / (1 - d^2 C), at most about 2 d^2 C max|v|. Where t lies
+above tau, the entries in (tau, t] are left out: each has p <= d^2 and z - tau <= |d|.
+Where it lies below (d > 0), the same step d solves the same quadratic, and the entries
+in (t, tau], which should drop out, stay in with weight (g - d)^2 <= d^2 each: at most
+d^2 C together, the bound below. The pass therefore costs one more small product per
+tile (B) in place of a whole threshold sweep.
 
 The backward's u-weighted mean of V (adasplash_compile.options ``u_value_mean``; u is
 p^(1/2) = g - d at tau) comes from the same sums, taken at t: B / G. The exact mean,
@@ -42,7 +46,10 @@ N = 8192, 258 at 32768); the largest d^2 C was 3.1e-5 and 2.4e-4 (bf16's bound 2
 2.4e-4), the largest |d| 2.4e-4 and 4.7e-4 (under 2^-12, 7 of the 12 blocks at 32768),
 the output's max error against the exact one 4.6e-6 and 3.1e-5, tau's 7e-9 and 2.5e-8.
 Expanding at the bracket's lower end instead of the estimate gave d^2 C up to 3.6e-4 and
-1.2e-3 and output errors up to 2.1e-4.
+1.2e-3 and output errors up to 2.1e-4. With the second sweep's count taken from the chord
+of G instead of counted (``benchmarks/sweep_model.py --plans u4,g4 u4,c4 --blocks 40``),
+every one of 40 mid blocks at N = 8192 and 32768 still folds, the largest |d| 3.1e-4 with
+either.
 
 H100 (bf16, B=1, H=16, D=128, causal; same-process A/B against the sweeps-only forward):
 the forward falls 12.7% on mid at N = 32768 (22.08 -> 19.27 ms), 8.3% on mid at 8192,

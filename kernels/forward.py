@@ -91,6 +91,9 @@ one program per (Z, H, BLOCK_M rows):
      them, and the forward got 4.5-7.6% faster (mid and dense at N = 8192 and 32768,
      high at 32768; H100, same process; the outputs moved by at most 2e-3 on mid and
      7.8e-3 on dense, tau by at most 1.7e-5, under bf16's tau_tol of 2^-15 = 3e-5).
+     The sweep before the fold (FOLD below) takes no counts either, but G at every edge
+     and the count from its chord (kernels/tau.py CHORD_COUNTS, SWEEP_CHORD): 607
+     instructions per tile and thread where the counted sweep takes 766.
    - output: p = [z - TAU]_+^INV up to a constant factor (``half_tail_gap`` again),
      acc += p.V, l += sum p (lane partial sums, as the sweeps': its loop body from 592
      to 534 instructions folded, 534 to 509 plain), out = acc / l (0 where l = 0), over
@@ -265,6 +268,13 @@ FLOOR_NBINS: tl.constexpr = tl.constexpr(4)
 FLOOR_EDGE_UNROLL: tl.constexpr = tl.constexpr(1)
 FLOOR_SLACK: tl.constexpr = tl.constexpr(1e-5)
 FLOOR_TAU_TOL: tl.constexpr = tl.constexpr(TAU_TOL)
+
+# Statistics a threshold sweep takes (``threshold_sweep``): F and G below the top edge
+# (the first sweep), with counts at every edge, or with G at every edge and no counts
+# (kernels/tau.py ``tau_update``, CHORD_COUNTS: the sweep before the fold).
+SWEEP_PLAIN: tl.constexpr = tl.constexpr(0)
+SWEEP_COUNTED: tl.constexpr = tl.constexpr(1)
+SWEEP_CHORD: tl.constexpr = tl.constexpr(2)
 
 # Configs max-autotune compiles and benchmarks (each costs a compilation on first use).
 _AUTOTUNE_CANDIDATES = 8
@@ -599,7 +609,7 @@ def threshold_floor(q, k_base, diagonal, offs_m, offs_n, offs_d, M, N, valid_q, 
             stat_f, stat_g, stat_c = tau_accumulate(z, 1.0, m_shift, lo, hi, stat_f, stat_g, stat_c, inv, FLOOR_NBINS,
                                                     ALPHA_MODE, FLOOR_EDGE_UNROLL, True, True)
         lo, hi, tau_s, active = tau_update(lo, hi, tau_s, active, stat_f, stat_g, stat_c, m_shift, inv, FLOOR_NBINS,
-                                           ALPHA_MODE, FLOOR_TAU_TOL, True)
+                                           ALPHA_MODE, FLOOR_TAU_TOL, True, False)
     # FLOOR_SLACK absorbs float32 rounding of the bracket arithmetic.
     floor = tl.where((m_s > float("-inf")) & (n_s > 0), m_s + lo - FLOOR_SLACK, float("-inf"))
     return floor, m_s
@@ -781,12 +791,15 @@ def threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shif
                     offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, tau_tol, stride_kn, stride_kd,
                     HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
                     USE_INT64: tl.constexpr, KV_TMA: tl.constexpr, BLOCK_N: tl.constexpr, NBINS: tl.constexpr,
-                    ALPHA_MODE: tl.constexpr, EDGE_UNROLL: tl.constexpr, COUNTS: tl.constexpr):
+                    ALPHA_MODE: tl.constexpr, EDGE_UNROLL: tl.constexpr, KIND: tl.constexpr):
     """One threshold sweep over the n_listed tiles of list_ptr (``list_active_tiles``), the
     first n_unmasked of them without a mask: their tail statistics, then ``tau_update``.
+    KIND: the statistics the sweep takes (SWEEP_PLAIN, SWEEP_COUNTED, SWEEP_CHORD).
     Returns (lo, hi, tau', active)."""
     # Unrolled edges keep lane statistics (kernels/tau.py ``tau_accumulate_lanes``).
     LANES: tl.constexpr = EDGE_UNROLL >= NBINS
+    COUNTS: tl.constexpr = KIND == SWEEP_COUNTED
+    CHORD: tl.constexpr = KIND == SWEEP_CHORD
     stats = sweep_statistics(offs_m.shape[0], NBINS, LANES)
     next_tile = tl.load(list_ptr + LIST_HEAD * stride_ln, mask=n_listed > 0, other=0)
     for i in range(0, n_listed):
@@ -796,9 +809,10 @@ def threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shif
         qk = score_tile(q, k_base, start_n, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, 1.0,
                         stride_kn, stride_kd, i >= n_unmasked, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, KV_TMA)
         stats = sweep_accumulate(qk, qk_scale, m_shift, lo, hi, stats, inv, NBINS, ALPHA_MODE, EDGE_UNROLL, COUNTS,
-                                 False, LANES)
+                                 CHORD, LANES)
     stat_f, stat_g, stat_c = sweep_totals(stats, NBINS, LANES)
-    return tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, m_shift, inv, NBINS, ALPHA_MODE, tau_tol, COUNTS)
+    return tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, m_shift, inv, NBINS, ALPHA_MODE, tau_tol, COUNTS,
+                      CHORD)
 
 
 @triton.jit
@@ -857,9 +871,11 @@ def threshold_sweeps(q, k_base, bound_row, rel_row, stride_bn, list_ptr, stride_
                      lo, hi, tau, active, sweep, sweep_limit, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale,
                      inv, tau_tol, stride_kn, stride_kd, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
                      DOT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, KV_TMA: tl.constexpr, BLOCK_N: tl.constexpr,
-                     NBINS: tl.constexpr, ALPHA_MODE: tl.constexpr, EDGE_UNROLL: tl.constexpr, SCAN: tl.constexpr):
+                     NBINS: tl.constexpr, ALPHA_MODE: tl.constexpr, EDGE_UNROLL: tl.constexpr, SCAN: tl.constexpr,
+                     LATER: tl.constexpr):
     """Threshold sweeps from sweep number ``sweep`` until every row has converged or
-    ``sweep_limit`` sweeps have run. Returns (lo, hi, tau', active, sweeps run so far)."""
+    ``sweep_limit`` sweeps have run, sweep 0 plain (SWEEP_PLAIN) and the others of kind
+    LATER (``threshold_sweep``). Returns (lo, hi, tau', active, sweeps run so far)."""
     n_active = tl.sum(active.to(tl.int32), 0)
     while (sweep < sweep_limit) & (n_active > 0):
         # A tile whose entries all lie at or below every active row's lower bracket
@@ -871,19 +887,19 @@ def threshold_sweeps(q, k_base, bound_row, rel_row, stride_bn, list_ptr, stride_
                                                  first_masked, skip_below, rel_skip_below, SCAN)
         # The first sweep takes no counts (tau_update, COUNTS): two instructions fewer
         # per entry and edge for alpha = 1.5, on the sweep over the widest bracket.
-        # COUNTS is a constexpr: one call per value.
+        # The kind is a constexpr: one call per value.
         if sweep == 0:
             lo, hi, tau, active = threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo,
                                                   hi, tau, active, offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
                                                   qk_scale, inv, tau_tol, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL,
                                                   DOT_PRECISION, USE_INT64, KV_TMA, BLOCK_N, NBINS, ALPHA_MODE,
-                                                  EDGE_UNROLL, False)
+                                                  EDGE_UNROLL, SWEEP_PLAIN)
         else:
             lo, hi, tau, active = threshold_sweep(q, k_base, list_ptr, stride_ln, n_listed, n_unmasked, m_shift, lo,
                                                   hi, tau, active, offs_m, offs_n, offs_d, M, N, valid_q, valid_k,
                                                   qk_scale, inv, tau_tol, stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL,
                                                   DOT_PRECISION, USE_INT64, KV_TMA, BLOCK_N, NBINS, ALPHA_MODE,
-                                                  EDGE_UNROLL, True)
+                                                  EDGE_UNROLL, LATER)
         n_active = tl.sum(active.to(tl.int32), 0)
         sweep += 1
     return lo, hi, tau, active, sweep
@@ -1044,10 +1060,11 @@ def _adasplash_fwd_tau_out(
     if FOLD:
         # Stop after FOLD_AFTER sweeps and let the output pass finish the rows still
         # active (kernels/fold_output.py); where its correction is not accurate enough,
-        # the sweeps resume below and the output pass runs again. A block with dense
-        # scores sweeps the bottom of its bracket first, with counts, and folds after
+        # the sweeps resume below and the output pass runs again. The sweep before the
+        # fold takes the chord's statistics (SWEEP_CHORD); the resumed ones count. A
+        # block with dense scores sweeps the bottom of its bracket first and folds after
         # that one sweep (kernels/low_bracket.py): the sweep counter starts at 1, where
-        # the sweeps take counts, and the sweeps' budget moves up with it.
+        # the sweeps take the chord's statistics, and the sweeps' budget moves up with it.
         local_floor = tl.load(local_floor_ptr + row_offset, mask=offs_m < M, other=float("-inf"))
         low = starts_low(lo, hi, local_floor - m_shift, n_i, active)
         full_hi = hi
@@ -1059,11 +1076,11 @@ def _adasplash_fwd_tau_out(
             q, k_base, bound_row, rel_row, stride_bn, list_ptr, stride_ln, n_tiles, first_masked, m_shift, lo, hi,
             tau_i, active, sweep, FOLD_AFTER, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, tau_tol,
             stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, KV_TMA, BLOCK_N, NBINS, ALPHA_MODE,
-            EDGE_UNROLL, SCAN)
+            EDGE_UNROLL, SCAN, SWEEP_CHORD)
         lo, hi, tau_i, active, reopened = reopen_above(lo, hi, tau_i, active, top, full_hi)
         if (tl.sum(active.to(tl.int32), 0) > 0) & (reopened == 0):
-            # The estimate: for alpha = 1.5 the closed form, at or above tau' and within
-            # about 2^-12 of it after two sweeps, or one low one (kernels/fold_output.py).
+            # The estimate: for alpha = 1.5 the closed form with the chord's count, within
+            # about 2^-12 of tau' after two sweeps, or one low one (kernels/fold_output.py).
             tau_abs, tau_rel = output_thresholds(m_shift, tau_i, sees_keys)
             acc, acc_u, l_i, u_sum, count = output_pass(
                 q, k_base, v_base, bound_row, rel_row, stride_bn, tile_max_row, stride_tn, list_ptr, stride_ln,
@@ -1081,7 +1098,7 @@ def _adasplash_fwd_tau_out(
             q, k_base, bound_row, rel_row, stride_bn, list_ptr, stride_ln, n_tiles, first_masked, m_shift, lo, hi,
             tau_i, active, sweep, sweep_limit, offs_m, offs_n, offs_d, M, N, valid_q, valid_k, qk_scale, inv, tau_tol,
             stride_kn, stride_kd, HEAD_DIM, IS_CAUSAL, DOT_PRECISION, USE_INT64, KV_TMA, BLOCK_N, NBINS, ALPHA_MODE,
-            EDGE_UNROLL, SCAN)
+            EDGE_UNROLL, SCAN, SWEEP_COUNTED)
         # ---- output pass over the tiles that may hold a nonzero of P; each one visited
         # records in tile_max the largest z of its nonzeros (-inf stays where there is none).
         tau_abs, tau_rel = output_thresholds(m_shift, tau_i, sees_keys)

@@ -414,7 +414,7 @@ def _smaller_quadratic_root(a, fa, ga, count):
 
 @triton.jit
 def tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, base, inv, NBINS: tl.constexpr,
-               ALPHA_MODE: tl.constexpr, tau_tol, COUNTS: tl.constexpr):
+               ALPHA_MODE: tl.constexpr, tau_tol, COUNTS: tl.constexpr, CHORD_COUNTS: tl.constexpr):
     """Shrink the bracket from one sweep's statistics (unscaled, as ``tau_accumulate`` or
     ``lane_totals`` give them); returns (lo, hi, tau', active).
 
@@ -427,6 +427,26 @@ def tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, base, inv, NBINS: tl
     sweep, where the bracket still holds many entries, they are rarely decisive (a CPU
     simulation of 16 row blocks each of the benchmark's mid, N = 16384, and dense,
     N = 8192, workloads: no block needed another sweep).
+
+    CHORD_COUNTS (alpha = 1.5, COUNTS False, statistics with G at every edge, the top one
+    included): the sweep before the attention forward's fold (kernels/fold_output.py),
+    which needs an accurate estimate more than a certified bracket. The count on [a, b]
+    is taken from the chord of G, C' = (G_a - G_b) / (b - a): G falls with slope -C, so
+    C' lies between C_b and C_a and equals both when no entry lies inside (a, b), where
+    the closed form with C' is then exact, as with counts. It is the estimate only. The
+    lower end takes the quadratic bound with floor(G_b^2 / F_b) <= C_b (Cauchy-Schwarz, and
+    C_b is an integer) in place of C_b, and the upper end stays the secant's. No row ends
+    as exact, so the fold finishes the rows left. Counts cost two instructions per entry
+    and edge (``positive_count``), G at the top edge one more per entry: per tile and
+    thread the sweep's loop went from 766 to 607 instructions (sm_90, triton 3.6 SASS), and
+    the forward got 2.2% faster on mid at N = 32768, 5.5% at 8192, 2.7% on high at 32768,
+    dense within 0.2% (H200, same process; benchmarks/results/h200-2026-11-28-chord.md).
+    In a CPU model (benchmarks/sweep_model.py, plan ``u4,g4``: 40 row blocks each of the
+    benchmark's mid workload at N = 8192 and 32768, 16 each of high and dense) every block
+    folds after a plain sweep and a chord one, as after a plain and a counted one (the
+    largest |tau - t| 3.1e-4 both, under the fold's 2^-11); with three edges in the chord
+    sweep 16 of the 40 mid blocks at 32768 miss the fold, with three in the plain one 13 of
+    16.
     """
     # F and G of g = 2h are those of h times powers of two, exact.
     if ALPHA_MODE == 2:
@@ -445,6 +465,7 @@ def tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, base, inv, NBINS: tl
     fa = tl.sum(tl.where(pick_lo, stat_f, 0.0), 1) - 1.0
     fb = tl.sum(tl.where(pick_hi, stat_f, 0.0), 1) - 1.0
     ga = tl.sum(tl.where(pick_lo, stat_g, 0.0), 1)
+    gb = tl.sum(tl.where(pick_hi, stat_g, 0.0), 1)
     ca = tl.sum(tl.where(pick_lo, stat_c, 0), 1)
     cb = tl.sum(tl.where(pick_hi, stat_c, 0), 1)
     a = (base + tau_edge(lo, hi, j_lo.to(tl.float32), NBINS)) - base
@@ -470,6 +491,13 @@ def tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, base, inv, NBINS: tl
         quadratic, quadratic_real = _smaller_quadratic_root(a, fa, ga, cb)
         new_lo = tl.where(quadratic_real, tl.minimum(tl.maximum(new_lo, quadratic), b), new_lo)
         exact = ca == cb
+    elif (ALPHA_MODE == 1) and CHORD_COUNTS:
+        counted_below = tl.where(fb > -1.0, tl.floor(gb * gb / tl.maximum(fb + 1.0, TINY)), 0.0)
+        quadratic, quadratic_real = _smaller_quadratic_root(a, fa, ga, counted_below)
+        new_lo = tl.where(quadratic_real, tl.minimum(tl.maximum(new_lo, quadratic), b), new_lo)
+        chord, chord_real = _smaller_quadratic_root(a, fa, ga, (ga - gb) / tl.maximum(b - a, TINY))
+        closed = tl.where(chord_real, chord, newton)
+        exact = at_top
     elif ALPHA_MODE == 2:
         closed = newton
         exact = ca == cb

@@ -20,7 +20,7 @@ def _rows(spread, n_keys=700, rows=48, seed=0):
 
 
 @pytest.mark.parametrize("spread", [0.05, 0.5, 3.0])
-@pytest.mark.parametrize("plan", ["u4,c4", "c2", "u8,c8,c4"])
+@pytest.mark.parametrize("plan", ["u4,c4", "c2", "u8,c8,c4", "u4,g4", "g2,g8"])
 def test_every_sweep_keeps_tau_inside_the_bracket(spread, plan):
     y = _rows(spread)
     tau = solve_tau(y, 1.5)[:, 0]
@@ -28,9 +28,9 @@ def test_every_sweep_keeps_tau_inside_the_bracket(spread, plan):
     hi = torch.full_like(tau, -y.shape[1] ** -0.5)
     width = hi - lo
     _, sweeps = sweep_model.parse_plan(plan)
-    for edges, counts in sweeps:
+    for edges, kind in sweeps:
         points = lo[:, None] + (hi - lo)[:, None] * torch.arange(edges, dtype=y.dtype) / (edges - 1)
-        lo, hi, estimate, _ = sweep_model.update_bracket(lo, hi, *sweep_model.edge_statistics(y, points), counts)
+        lo, hi, estimate, _ = sweep_model.update_bracket(lo, hi, *sweep_model.edge_statistics(y, points), kind)
         assert bool((lo <= tau + 1e-12).all()) and bool((tau <= hi + 1e-12).all())
         assert bool((lo <= estimate).all()) and bool((estimate <= hi).all())
     assert bool((hi - lo < width).all())
@@ -44,16 +44,25 @@ def test_counted_sweep_is_exact_where_no_entry_lies_inside_the_sub_bracket():
     points = torch.tensor([[-1.0, -0.55, -0.1]], dtype=torch.float64)
     lo, hi, estimate, done = sweep_model.update_bracket(
         torch.tensor([-1.0], dtype=torch.float64), torch.tensor([-0.1], dtype=torch.float64),
-        *sweep_model.edge_statistics(y, points), True)
+        *sweep_model.edge_statistics(y, points), "c")
     assert bool(done[0])
+    assert float(estimate[0]) == pytest.approx(-5 ** -0.5, abs=1e-14)
+    # From the chord of G the count is the same there, so the estimate too, but no row ends.
+    _, _, estimate, done = sweep_model.update_bracket(
+        torch.tensor([-1.0], dtype=torch.float64), torch.tensor([-0.1], dtype=torch.float64),
+        *sweep_model.edge_statistics(y, points), "g")
+    assert not bool(done[0])
     assert float(estimate[0]) == pytest.approx(-5 ** -0.5, abs=1e-14)
 
 
 def test_the_forward_plan_folds_mid_blocks_where_one_sweep_of_four_edges_does_not():
-    outcomes = sweep_model.plan_outcomes("mid", 2048, ["u4,c4", "c4"], blocks=4)
-    folds, blocks, misses, reopened, fitting = outcomes["u4,c4"]
-    assert (folds, blocks, misses, reopened, fitting) == (4, 4, 0, 0, 4)
-    assert outcomes["c4"][0] < 4 and outcomes["c4"][2] > 0
+    outcomes = sweep_model.plan_outcomes("mid", 2048, ["u4,g4", "u4,c4", "c4", "u4,u4"], blocks=4)
+    for plan in ("u4,g4", "u4,c4"):
+        folds, blocks, misses, reopened, fitting = outcomes[plan]
+        assert (folds, blocks, misses, reopened, fitting) == (4, 4, 0, 0, 4)
+    # Without counts or the chord, the second sweep leaves rows past the fold's bound.
+    for plan in ("c4", "u4,u4"):
+        assert outcomes[plan][0] < 4 and outcomes[plan][2] > 0
 
 
 def test_band_counts_the_entries_inside_the_last_bracket_of_unconverged_rows():
@@ -69,7 +78,7 @@ def test_band_counts_the_entries_inside_the_last_bracket_of_unconverged_rows():
     _, sweeps = sweep_model.parse_plan("u2")
     folds, misses, reopened, band = sweep_model.run_plan(y, tau, lo, hi, None, sweeps)
     points = lo[:, None] + (hi - lo)[:, None] * torch.arange(2, dtype=y.dtype)
-    new_lo, new_hi, _, done = sweep_model.update_bracket(lo, hi, *sweep_model.edge_statistics(y, points), False)
+    new_lo, new_hi, _, done = sweep_model.update_bracket(lo, hi, *sweep_model.edge_statistics(y, points), "u")
     expected = ((y[0] > new_lo[0]) & (y[0] <= new_hi[0])).sum().item()
     assert not bool(done[0]) and expected > 0
     assert band == expected

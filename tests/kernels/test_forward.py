@@ -279,7 +279,7 @@ def test_folded_output_pass_matches_the_sweeps(monkeypatch):
     torch.testing.assert_close(tau, swept_tau, atol=tau_tolerance(1.5, torch.float16), rtol=0)
     torch.testing.assert_close(out, swept_out, atol=2.0**-11, rtol=2.0**-10)
     assert torch.equal(torch.isfinite(tile_max), torch.isfinite(swept_tile_max))
-    # The fold takes u at its estimate t >= tau (adasplash_compile.options): within the
+    # The fold takes u at its estimate t near tau (adasplash_compile.options): within the
     # values' rounding of the sweeps' u at tau.
     torch.testing.assert_close(u_mean, swept_u_mean, atol=2.0**-9, rtol=2.0**-9)
 
@@ -287,7 +287,7 @@ def test_folded_output_pass_matches_the_sweeps(monkeypatch):
 @interpret
 @pytest.mark.parametrize("key_offset, dq_bar", [(0.0, 2.5e-3), (4.0, 1e-2)])
 def test_folded_forward_gives_the_backward_its_delta(monkeypatch, key_offset, dq_bar):
-    """The folded pass takes u at its estimate t >= tau, rounded to fp16 for its product,
+    """The folded pass takes u at its estimate t near tau, rounded to fp16 for its product,
     for u_value_mean, from which the backward takes DELTA. Where DELTA is off, sum_j dS_j
     is not 0 and dQ moves by that times the keys' mean, so the keys here also share an
     offset of 0 or 4 times their norm (P does not change). The dQ kernel that learned

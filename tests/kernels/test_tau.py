@@ -35,7 +35,8 @@ pytestmark = BOTH_BACKENDS
 @triton.jit
 def _tau_trace(z_ptr, trace_ptr, R, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: tl.constexpr,
                ALPHA_MODE: tl.constexpr, NBINS: tl.constexpr, MAX_SWEEPS: tl.constexpr, TAU_TOL: tl.constexpr,
-               BASE: tl.constexpr, FIRST_COUNTS: tl.constexpr, TOP_SLOPE: tl.constexpr, LANES: tl.constexpr):
+               BASE: tl.constexpr, FIRST_COUNTS: tl.constexpr, TOP_SLOPE: tl.constexpr, LANES: tl.constexpr,
+               SECOND_CHORD: tl.constexpr):
     """trace[s, k, r] for sweep s (0 = after tau_init), k in (lo, hi, tau', active), row r
     of the R rows, ROWS rows per program.
 
@@ -46,7 +47,9 @@ def _tau_trace(z_ptr, trace_ptr, R, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: 
     BASE: the sweeps take raw z and the row max as base (as the attention forward does),
     else pre-shifted scores and base 0. FIRST_COUNTS: whether sweep 1 takes counts.
     LANES: tau_accumulate_lanes and lane_totals instead of tau_accumulate (kernels/tau.py
-    ``sweep_accumulate``)."""
+    ``sweep_accumulate``). SECOND_CHORD: sweep 2 takes G at every edge and no counts, and
+    estimates the count from the chord of G (``tau_update``'s CHORD_COUNTS), as the attention
+    forward's sweep before its fold does."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_L)
     m = tl.full([ROWS], float("-inf"), tl.float32)
@@ -67,7 +70,9 @@ def _tau_trace(z_ptr, trace_ptr, R, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: 
     tl.store(trace_ptr + 2 * R + rows, tau)
     tl.store(trace_ptr + 3 * R + rows, active.to(tl.float32))
     for sweep in tl.static_range(1, MAX_SWEEPS + 1):
-        # sweep is a constexpr (static_range), so the counts flag is one per sweep.
+        # sweep is a constexpr (static_range), so the statistics' flags are one per sweep.
+        chord = SECOND_CHORD and sweep == 2
+        counts = (FIRST_COUNTS or sweep > 1) and not chord
         stats = sweep_statistics(ROWS, NBINS, LANES)
         for start in range(0, L, BLOCK_L):
             z = tl.load(z_ptr + rows[:, None] * L + start + cols[None, :], mask=start + cols[None, :] < L,
@@ -76,11 +81,11 @@ def _tau_trace(z_ptr, trace_ptr, R, L, alpha, inv, ROWS: tl.constexpr, BLOCK_L: 
                 y = z
             else:
                 y = z - m_shift[:, None]
-            stats = sweep_accumulate(y, 1.0, base, lo, hi, stats, inv, NBINS, ALPHA_MODE, 1, FIRST_COUNTS or sweep > 1,
-                                     TOP_SLOPE, LANES)
+            stats = sweep_accumulate(y, 1.0, base, lo, hi, stats, inv, NBINS, ALPHA_MODE, 1, counts, TOP_SLOPE or chord,
+                                     LANES)
         stat_f, stat_g, stat_c = sweep_totals(stats, NBINS, LANES)
         lo, hi, tau, active = tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, base, inv, NBINS, ALPHA_MODE,
-                                         TAU_TOL, FIRST_COUNTS or sweep > 1)
+                                         TAU_TOL, counts, chord)
         out = trace_ptr + sweep * 4 * R
         tl.store(out + 0 * R + rows, lo)
         tl.store(out + 1 * R + rows, hi)
@@ -127,9 +132,11 @@ def test_lane_sums_put_each_column_pair_in_its_slot(cols, backend):
     assert torch.equal(out.cpu(), expected)
 
 
-# (BASE, FIRST_COUNTS, TOP_SLOPE, LANES): the entmax kernel's sweeps, and the attention forward's.
-ENTMAX_SWEEPS = (False, True, True, False)
-ATTENTION_SWEEPS = (True, False, False, True)
+# (BASE, FIRST_COUNTS, TOP_SLOPE, LANES, SECOND_CHORD): the entmax kernel's sweeps, the
+# attention forward's, and the attention forward's before its fold.
+ENTMAX_SWEEPS = (False, True, True, False, False)
+ATTENTION_SWEEPS = (True, False, False, True, False)
+FOLDING_SWEEPS = (True, False, False, True, True)
 
 
 # On the GPU: columns per chunk of the trace kernel (one key tile of the attention forward)
@@ -141,7 +148,7 @@ TRACE_ROWS = 2
 def trace_tau(z, alpha, nbins=8, sweeps=5, variant=ENTMAX_SWEEPS):
     rows, length = z.shape
     trace = torch.empty(sweeps + 1, 4, rows, device=z.device)
-    base, first_counts, top_slope, lanes = variant
+    base, first_counts, top_slope, lanes, second_chord = variant
     if z.is_cuda:
         rows_per_program, chunk = TRACE_ROWS, min(TRACE_CHUNK, triton.next_power_of_2(length))
     else:
@@ -150,7 +157,8 @@ def trace_tau(z, alpha, nbins=8, sweeps=5, variant=ENTMAX_SWEEPS):
     _tau_trace[(rows // rows_per_program,)](z.contiguous(), trace, rows, length, alpha, 1.0 / (alpha - 1.0),
                                             ROWS=rows_per_program, BLOCK_L=chunk, ALPHA_MODE=alpha_mode(alpha),
                                             NBINS=nbins, MAX_SWEEPS=sweeps, TAU_TOL=TAU_TOL, BASE=base,
-                                            FIRST_COUNTS=first_counts, TOP_SLOPE=top_slope, LANES=lanes)
+                                            FIRST_COUNTS=first_counts, TOP_SLOPE=top_slope, LANES=lanes,
+                                            SECOND_CHORD=second_chord)
     lo, hi, tau, active = trace.unbind(1)
     return lo, hi, tau, active > 0
 
@@ -175,7 +183,8 @@ def rows_of(kind, length):
     return torch.randn(16, length) * 0.02  # "flat": everything inside the first bracket
 
 
-@pytest.mark.parametrize("variant", [ENTMAX_SWEEPS, ATTENTION_SWEEPS], ids=["entmax", "attention"])
+@pytest.mark.parametrize("variant", [ENTMAX_SWEEPS, ATTENTION_SWEEPS, FOLDING_SWEEPS],
+                         ids=["entmax", "attention", "folding"])
 @pytest.mark.parametrize("kind", ["gauss", "wide", "ties", "flat", "offset"])
 @pytest.mark.parametrize("alpha", [1.05, 1.25, 1.5, 1.75, 2.0])
 def test_bracket_invariants_and_convergence(alpha, kind, variant, backend):
@@ -229,6 +238,46 @@ def test_counted_sweeps_raise_lo_to_the_lower_quadratic_bound(backend):
         assert (lo[sweep][rows] >= quadratic[rows] - 1e-6).all()
         checked += int((rows & (quadratic > newton + 1e-5)).sum())
     assert checked >= 16  # rows where the bound is strictly tighter than Newton's
+
+
+def test_chord_sweep_raises_lo_to_the_cauchy_schwarz_bound(backend):
+    # The folding sweeps' second sweep takes no counts. On its bin [a, b], G_b^2 <= C_b F_b
+    # (Cauchy-Schwarz), so floor(G_b^2 / F_b) <= C_b, and the quadratic bound with it stays
+    # below tau'; recomputed here in float64 from sweep 1's bracket.
+    nbins = 4
+    z = (0.5 * torch.randn(64, 2048, generator=torch.Generator().manual_seed(0))).to(DEVICE)
+    lo, hi, tau, active = trace_tau(z, 1.5, nbins=nbins, sweeps=2, variant=FOLDING_SWEEPS)
+    y = (z - z.amax(-1, keepdim=True)).cpu().double()
+    lo, hi, active = lo.cpu().double(), hi.cpu().double(), active.cpu()
+    edges = lo[1][:, None] + (hi - lo)[1][:, None] * torch.arange(nbins) / (nbins - 1)
+    gap = (y[:, None, :] - edges[:, :, None]).clamp_min(0)
+    f = (gap * gap).sum(-1)
+    j = (f >= 1).sum(-1) - 1
+    rows = active[1] & ((f - 1).abs() > 1e-4).all(-1) & (j >= 0) & (j < nbins - 1)
+    j = j.clamp(0, nbins - 2)
+    pick = lambda t, k: t.gather(1, (j + k)[:, None])[:, 0]
+    fa, ga, a = pick(f, 0) - 1.0, pick(gap.sum(-1), 0), pick(edges, 0)
+    counted_below = (pick(gap.sum(-1), 1) ** 2 / pick(f, 1)).floor()
+    assert (counted_below <= pick((gap > 0).sum(-1).double(), 1)).all()
+    quadratic = a + fa / (ga + (ga * ga - counted_below * fa).clamp_min(0).sqrt())
+    newton = a + fa / (2 * ga)
+    expected = reference.solve_tau(z.cpu().double(), 1.5)[:, 0] - z.cpu().double().amax(-1)
+    assert (lo[2] <= expected + 1e-6).all()
+    assert (lo[2][rows] >= quadratic[rows] - 1e-6).all()
+    assert int((rows & (quadratic > newton + 1e-5)).sum()) >= 16  # tighter than Newton's
+
+
+def test_chord_sweep_estimate_is_exact_when_no_entry_lies_in_the_bin(backend):
+    # Few, well-separated scores: after the plain first sweep the estimate is off by 2e-2;
+    # the chord of G over the bin holding tau is then the count above it, so the closed
+    # form is exact, though the sweep ends no row (the fold finishes them).
+    z = torch.tensor([[0.0, -0.31, -0.77, -2.0], [0.0, -0.05, -3.0, -3.5]], device=DEVICE)
+    z = torch.cat([z, z - 0.5])
+    lo, hi, tau, active = trace_tau(z, 1.5, nbins=4, sweeps=2, variant=FOLDING_SWEEPS)
+    expected = reference.solve_tau(z.cpu().double(), 1.5)[:, 0] - z.cpu().double().amax(-1)
+    assert (tau[1].cpu().double() - expected).abs().max().item() > 1e-2
+    assert (tau[2].cpu().double() - expected).abs().max().item() <= 1e-6
+    assert active[2].all()
 
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
