@@ -9,9 +9,10 @@ replays that on float64 scores of a benchmark workload (workloads.py, one head, 
 row blocks of 64 queries drawn as in tile_model.py, for a *plan*: the sweeps run before
 the fold is tried, written ``u4`` (4 edges, no counts), ``c8`` (8 edges, counts) or ``g4``
 (4 edges, G at every edge and the count taken from its chord, as the forward's sweep
-before the fold: kernels/tau.py ``tau_update``, CHORD_COUNTS), comma-separated, optionally led by ``low=0.15`` (the first sweep covers only the bottom
-15% of the bracket, as kernels/low_bracket.py does for dense blocks; a row whose tau lies
-above it counts as reopened, and its block does not fold).
+before the fold: kernels/tau.py ``tau_update``, CHORD_COUNTS), comma-separated,
+optionally led by ``low=0.15`` (the first sweep covers only the bottom 15% of the
+bracket, as kernels/low_bracket.py does for dense blocks; a row whose tau lies above it
+counts as reopened, and its block does not fold).
 
 Per plan it prints the row blocks whose output pass can finish after the plan's sweeps
 (every row converged or within the fold's bound), the rows that miss the bound, and the
@@ -23,7 +24,7 @@ floor is the histogram floor of kernels/histogram_floor.py over the tile maxima 
 each row's local floor (tile_model.py ``local_floor``); the kernels' own floors are lower
 bracket ends and a little lower. Cost per entry and edge (sm_90, triton 3.6 SASS of the
 counted sweep): about 3 instructions without counts, 5.5 with, so ``u4,c4`` issues about
-34 per entry and ``c16`` about 88; ``u4,g4`` about 23. Over 40 row blocks of mid at
+34 per entry and ``c16`` about 88; ``u4,g4`` about 24. Over 40 row blocks of mid at
 N = 8192 and 32768, ``u4,g4`` folds every block, as ``u4,c4`` does (the largest |d| 3.1e-4
 both, against the fold's 2^-11), where ``u4,g3`` folds 34 and 24 of the 40 and ``u3,g4`` 10
 and 3 of 16.

@@ -210,33 +210,46 @@ def test_bracket_invariants_and_convergence(alpha, kind, variant, backend):
     assert (tau[-1].double() - expected).abs().max().item() <= 2e-6
 
 
+def root_bin(y, lo, hi, rows, nbins):
+    """float64 statistics of a sweep of nbins edges over [lo, hi] (shifted rows y), on each
+    row's bin [a, b] where f changes sign: (rows among ``rows`` whose bin float32 rounding
+    cannot pick differently, a, f(a), G_a, G_b, F_b = f(b) + 1, C_b)."""
+    edges = lo[:, None] + (hi - lo)[:, None] * torch.arange(nbins) / (nbins - 1)
+    gap = (y[:, None, :] - edges[:, :, None]).clamp_min(0)
+    f = (gap * gap).sum(-1) - 1.0
+    j = (f >= 0).sum(-1) - 1
+    rows = rows & (f.abs() > 1e-4).all(-1) & (j >= 0) & (j < nbins - 1)
+    j = j.clamp(0, nbins - 2)
+    pick = lambda t, k: t.gather(1, (j + k)[:, None])[:, 0]
+    g, c = gap.sum(-1), (gap > 0).sum(-1).double()
+    return rows, pick(edges, 0), pick(f, 0), pick(g, 0), pick(g, 1), pick(f, 1) + 1.0, pick(c, 1)
+
+
+def quadratic_bound(a, fa, ga, count):
+    """a + the smaller root s of count s^2 - 2 ga s + fa = 0 (Newton's step for count 0)."""
+    return a + fa / (ga + (ga * ga - count * fa).clamp_min(0).sqrt())
+
+
+def traced_gaussian_rows(sweeps, variant):
+    """64 rows of 2048 Gaussian scores (alpha = 1.5, std 0.5) traced over ``sweeps`` sweeps of
+    4 edges: (z, shifted rows y, lo, hi, active), all but z float64 on the CPU."""
+    z = (0.5 * torch.randn(64, 2048, generator=torch.Generator().manual_seed(0))).to(DEVICE)
+    lo, hi, _, active = trace_tau(z, 1.5, nbins=4, sweeps=sweeps, variant=variant)
+    y = (z - z.amax(-1, keepdim=True)).cpu().double()
+    return z, y, lo.cpu().double(), hi.cpu().double(), active.cpu()
+
+
 def test_counted_sweeps_raise_lo_to_the_lower_quadratic_bound(backend):
     # alpha = 1.5: on the bin [a, b] holding the root, f'' >= 2 * C_b, so the root of
     # C_b s^2 - 2 G_a s + f(a) bounds tau' - a from below; recomputed here in float64
     # from each sweep's bracket. Newton alone (C_b = 0) stays below it wherever C_b > 0.
-    nbins = 4
-    z = (0.5 * torch.randn(64, 2048, generator=torch.Generator().manual_seed(0))).to(DEVICE)
-    lo, hi, tau, active = trace_tau(z, 1.5, nbins=nbins, sweeps=3, variant=ATTENTION_SWEEPS)
-    y = (z - z.amax(-1, keepdim=True)).cpu().double()
-    lo, hi, active = lo.cpu().double(), hi.cpu().double(), active.cpu()
+    z, y, lo, hi, active = traced_gaussian_rows(3, ATTENTION_SWEEPS)
     checked = 0
     for sweep in (2, 3):  # sweep 1 takes no counts
-        rows = active[sweep - 1]
-        edges = lo[sweep - 1][:, None] + (hi - lo)[sweep - 1][:, None] * torch.arange(nbins) / (nbins - 1)
-        gap = (y[:, None, :] - edges[:, :, None]).clamp_min(0)
-        f = (gap * gap).sum(-1) - 1.0
-        j = (f >= 0).sum(-1) - 1
-        # Skip rows whose bin float32 rounding might pick differently.
-        rows &= (f.abs() > 1e-4).all(-1) & (j >= 0) & (j < nbins - 1)
-        j = j.clamp(0, nbins - 2)
-        pick = lambda t, k: t.gather(1, (j + k)[:, None])[:, 0]
-        fa, ga = pick(f, 0), pick(gap.sum(-1), 0)
-        cb = pick((gap > 0).sum(-1).double(), 1)
-        a = pick(edges, 0)
-        quadratic = a + fa / (ga + (ga * ga - cb * fa).clamp_min(0).sqrt())
-        newton = a + fa / (2 * ga)
+        rows, a, fa, ga, _, _, cb = root_bin(y, lo[sweep - 1], hi[sweep - 1], active[sweep - 1], 4)
+        quadratic = quadratic_bound(a, fa, ga, cb)
         assert (lo[sweep][rows] >= quadratic[rows] - 1e-6).all()
-        checked += int((rows & (quadratic > newton + 1e-5)).sum())
+        checked += int((rows & (quadratic > quadratic_bound(a, fa, ga, 0.0) + 1e-5)).sum())
     assert checked >= 16  # rows where the bound is strictly tighter than Newton's
 
 
@@ -244,27 +257,15 @@ def test_chord_sweep_raises_lo_to_the_cauchy_schwarz_bound(backend):
     # The folding sweeps' second sweep takes no counts. On its bin [a, b], G_b^2 <= C_b F_b
     # (Cauchy-Schwarz), so floor(G_b^2 / F_b) <= C_b, and the quadratic bound with it stays
     # below tau'; recomputed here in float64 from sweep 1's bracket.
-    nbins = 4
-    z = (0.5 * torch.randn(64, 2048, generator=torch.Generator().manual_seed(0))).to(DEVICE)
-    lo, hi, tau, active = trace_tau(z, 1.5, nbins=nbins, sweeps=2, variant=FOLDING_SWEEPS)
-    y = (z - z.amax(-1, keepdim=True)).cpu().double()
-    lo, hi, active = lo.cpu().double(), hi.cpu().double(), active.cpu()
-    edges = lo[1][:, None] + (hi - lo)[1][:, None] * torch.arange(nbins) / (nbins - 1)
-    gap = (y[:, None, :] - edges[:, :, None]).clamp_min(0)
-    f = (gap * gap).sum(-1)
-    j = (f >= 1).sum(-1) - 1
-    rows = active[1] & ((f - 1).abs() > 1e-4).all(-1) & (j >= 0) & (j < nbins - 1)
-    j = j.clamp(0, nbins - 2)
-    pick = lambda t, k: t.gather(1, (j + k)[:, None])[:, 0]
-    fa, ga, a = pick(f, 0) - 1.0, pick(gap.sum(-1), 0), pick(edges, 0)
-    counted_below = (pick(gap.sum(-1), 1) ** 2 / pick(f, 1)).floor()
-    assert (counted_below <= pick((gap > 0).sum(-1).double(), 1)).all()
-    quadratic = a + fa / (ga + (ga * ga - counted_below * fa).clamp_min(0).sqrt())
-    newton = a + fa / (2 * ga)
+    z, y, lo, hi, active = traced_gaussian_rows(2, FOLDING_SWEEPS)
+    rows, a, fa, ga, gb, fb, cb = root_bin(y, lo[1], hi[1], active[1], 4)
+    counted_below = (gb * gb / fb).floor()
+    assert (counted_below <= cb).all()
+    quadratic = quadratic_bound(a, fa, ga, counted_below)
     expected = reference.solve_tau(z.cpu().double(), 1.5)[:, 0] - z.cpu().double().amax(-1)
     assert (lo[2] <= expected + 1e-6).all()
     assert (lo[2][rows] >= quadratic[rows] - 1e-6).all()
-    assert int((rows & (quadratic > newton + 1e-5)).sum()) >= 16  # tighter than Newton's
+    assert int((rows & (quadratic > quadratic_bound(a, fa, ga, 0.0) + 1e-5)).sum()) >= 16  # tighter than Newton's
 
 
 def test_chord_sweep_estimate_is_exact_when_no_entry_lies_in_the_bin(backend):
