@@ -11,10 +11,10 @@ pass finish TAU (kernels/fold_output.py).
 A block whose rows see at least MIN_KEYS keys, and where at least LIFTED_EIGHTHS eighths
 of the active rows had their floor lifted by more than LIFT of the bracket (measured from
 the local floor), is taken to be such a block. Its first sweep takes G at every edge
-(``tau_update``'s closed form with the count from the chord of G, CHORD_COUNTS; until
-session 28 it took counts, and in a CPU model the chord folds as many dense blocks:
-``sweep_model.py`` plans ``low=0.15,g4`` and ``low=0.15,c4``) over the bottom
-LOW_BRACKET of each row's bracket; rows whose TAU lies above that find F >= 1 at its top edge, end there
+(``tau_update``'s closed form with the count from the chord of G, CHORD_COUNTS; in a CPU
+model it folds as many dense blocks as a counted sweep: ``sweep_model.py`` plans
+``low=0.15,g4`` and ``low=0.15,c4``) over the bottom LOW_BRACKET of each row's bracket;
+rows whose TAU lies above that find F >= 1 at its top edge, end there
 (lo = its top), and are reopened to [top, hi]. When none is reopened the output pass
 folds the rest right after this one sweep, a whole threshold sweep fewer; else the
 block sweeps on until every row has converged and runs the plain output pass.
