@@ -1,17 +1,23 @@
-"""The max sweep built for sm_90 without a GPU, and its loops' sizes in SASS.
+"""A forward kernel built for sm_90 without a GPU, and its loops' sizes in SASS.
 
-Compiles ``_adasplash_fwd_rowmax`` as the benchmark launches it (bf16, D = 128, causal,
-alpha = 1.5, GROUP = 1, unit strides and the other integers divisible by 16: without
-those hints ptxas reported 183 registers instead of 165, before session 27's trim took
-the hinted build to 134) with the Triton release the GPU machine runs, installed beside
-the project's:
+Compiles the max sweep (``_adasplash_fwd_rowmax``) or the threshold/output kernel
+(``_adasplash_fwd_tau_out``, with the fold and the default config's four edges, five
+sweeps and unrolled edges) as the benchmark launches them (bf16, D = 128, causal, alpha =
+1.5, GROUP = 1, unit strides and the other integers divisible by 16: without those hints
+ptxas reported 183 registers for the max sweep instead of 165, before session 27's trim
+took the hinted build to 134) with the Triton release the GPU machine runs, installed
+beside the project's:
 
     python -m pip install -q --no-deps --target /tmp/tr36site triton==3.6.0
     PYTHONPATH=/tmp/tr36site python benchmarks/offline_sass.py --out /tmp/rowmax [--stages 2] [--pointers]
+    PYTHONPATH=/tmp/tr36site python benchmarks/offline_sass.py --kernel tau_out --out /tmp/tau_out
 
 Writes <out>.cubin, .ptx, .ttgir and .sass (nvdisasm -c -gi, with source lines), prints
 the registers and shared memory, and every loop (a backward branch) with its size in
-instructions and the source lines that contribute most.
+instructions and the source lines that contribute most. In the threshold/output kernel
+the first loops are, in order, a tile list's scan, the plain sweep, the sweep before the
+fold (session 28: 607 instructions; 766 when it counted), another scan, and the folded
+output pass (535); the same follow for the resumed sweeps and the plain output pass.
 """
 
 import argparse
@@ -27,26 +33,44 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from adasplash_compile.kernels import forward  # noqa: E402
 
-POINTERS = {"q_ptr": "*bf16", "k_ptr": "*bf16", "centre_ptr": "*bf16", "radius_ptr": "*fp32", "m_ptr": "*fp32",
-            "floor_ptr": "*fp32", "local_floor_ptr": "*fp32", "bound_ptr": "*fp32", "rel_bound_ptr": "*fp32",
-            "tile_list_ptr": "*i32", "seqlens_ptr": "*fp32"}
-UNIT = {"stride_qd", "stride_kd", "stride_cd", "stride_rn", "stride_mm", "stride_ln", "GROUP"}
+FLOATS = {"alpha", "inv", "qk_scale", "tau_tol", "fold_tol"}
+KERNELS = {
+    "rowmax": dict(
+        fn=forward._adasplash_fwd_rowmax,
+        pointers={"q_ptr": "*bf16", "k_ptr": "*bf16", "centre_ptr": "*bf16", "radius_ptr": "*fp32",
+                  "m_ptr": "*fp32", "floor_ptr": "*fp32", "local_floor_ptr": "*fp32", "bound_ptr": "*fp32",
+                  "rel_bound_ptr": "*fp32", "tile_list_ptr": "*i32", "seqlens_ptr": "*fp32"},
+        unit={"stride_qd", "stride_kd", "stride_cd", "stride_rn", "stride_mm", "stride_ln", "GROUP"},
+        constexprs=dict(CENTRE_CHUNK=forward._CENTRE_CHUNK, SCALE_AS_BITS=True),
+    ),
+    "tau_out": dict(
+        fn=forward._adasplash_fwd_tau_out,
+        pointers={"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "out_ptr": "*bf16",
+                  "u_value_mean_ptr": "*fp32", "m_ptr": "*fp32", "floor_ptr": "*fp32", "local_floor_ptr": "*fp32",
+                  "tau_ptr": "*fp32", "bound_ptr": "*fp32", "rel_bound_ptr": "*fp32", "tile_max_ptr": "*fp32",
+                  "tile_list_ptr": "*i32", "seqlens_ptr": "*fp32", "handled_ptr": "*i32"},
+        unit={"stride_qd", "stride_kd", "stride_vd", "stride_od", "stride_ud", "stride_taum", "stride_tn",
+              "stride_ln", "GROUP"},
+        constexprs=dict(NBINS=4, MAX_SWEEPS=5, EDGE_UNROLL=4, FOLD=True, SKIP_HANDLED=True),
+    ),
+}
 
 
-def build(stages: int, descriptors: bool):
-    fn = forward._adasplash_fwd_rowmax
+def build(kernel: str, stages: int, descriptors: bool):
+    spec = KERNELS[kernel]
+    fn = spec["fn"]
     constexprs = dict(HEAD_DIM=128, HAS_SEQLENS=False, IS_CAUSAL=True, ALPHA_MODE=1, BLOCK_M=64, BLOCK_N=64,
-                      BLOCK_D=128, CENTRE_CHUNK=forward._CENTRE_CHUNK, SCAN=forward._TILE_SCAN,
-                      DOT_PRECISION="tf32", USE_INT64=False, SCALE_AS_BITS=True, KV_TMA=descriptors)
+                      BLOCK_D=128, SCAN=forward._TILE_SCAN, DOT_PRECISION="tf32", USE_INT64=False,
+                      KV_TMA=descriptors, **spec["constexprs"])
     signature, constants, divisible = {}, {}, []
     for name in fn.arg_names:
-        if name in POINTERS:
-            signature[name] = POINTERS[name]
+        if name in spec["pointers"]:
+            signature[name] = spec["pointers"][name]
             divisible.append(name)
-        elif name in constexprs or name in UNIT:
+        elif name in constexprs or name in spec["unit"]:
             signature[name] = "constexpr"
             constants[name] = constexprs.get(name, 1)
-        elif name in ("alpha", "inv"):
+        elif name in FLOATS:
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
@@ -89,11 +113,12 @@ def loops(sass: str) -> list:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kernel", choices=sorted(KERNELS), default="rowmax")
     parser.add_argument("--out", default="/tmp/rowmax")
     parser.add_argument("--stages", type=int, default=3)
     parser.add_argument("--pointers", action="store_true", help="pointer loads instead of descriptors")
     args = parser.parse_args()
-    kernel = build(args.stages, not args.pointers)
+    kernel = build(args.kernel, args.stages, not args.pointers)
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     out = Path(args.out)
     out.with_suffix(".cubin").write_bytes(kernel.asm["cubin"])
