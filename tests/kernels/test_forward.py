@@ -417,6 +417,28 @@ def test_degenerate_scores(kind, alpha):
     check_forward(q, k, v, alpha, False, 0.25, None)
 
 
+def check_nonpositive_scale(scale, is_causal, n_queries, n_keys, dtype, grad_bar):
+    """Forward and gradients at a scale <= 0 against the float64 oracle. Sparse inputs
+    under a negative scale attend to the keys farthest from their own position: the
+    kernels' bounds and masks see scores of the opposite sign to the usual ones."""
+    q, k, v = make_qkv(1, 2, 1, n_queries, n_keys, 64, dtype, sparse=True)
+    _, tau, tile_max, u_mean = check_forward(q, k, v, 1.5, is_causal, scale, None)
+    do = torch.randn_like(q)
+    grads = attention_backward(do, q, k, v, tau, tile_max, u_mean, 1.5, is_causal, scale, None)
+    expected = oracle_grads(q, k, v, do, 1.5, is_causal, scale, None)
+    for name, g, ref in zip(GRAD_NAMES, grads, expected):
+        # At scale 0 dQ and dK are exactly zero (P does not depend on the scores' values).
+        err = relative_error(g, ref) if ref.abs().max() > 0 else g.abs().max().item()
+        assert err <= grad_bar, f"{name}: relative error {err:.3e} > {grad_bar:.1e}"
+
+
+@interpret
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("scale", [-0.3, 0.0], ids=["negative", "zero"])
+def test_nonpositive_scale(scale, is_causal):
+    check_nonpositive_scale(scale, is_causal, 70, 130, torch.float32, TOLERANCES[torch.float32]["grad"])
+
+
 @interpret
 @pytest.mark.parametrize("nbins, sweeps, unroll", [(4, 5, 4), (16, 3, 1), (2, 8, 1)])
 @pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0])
@@ -508,6 +530,14 @@ def test_gpu_block_sparse_long(n, alpha, dtype):
 def test_gpu_queries_differ_from_keys(n_queries, n_keys, dtype):
     q, k, v = make_qkv(1, 2, 2, n_queries, n_keys, 64, dtype)
     check_forward(q, k, v, 1.5, True, 0.125, None)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("scale", [-0.125, 0.0], ids=["negative", "zero"])
+def test_gpu_nonpositive_scale(scale, is_causal, dtype):
+    check_nonpositive_scale(scale, is_causal, 700, 1000, dtype, TOLERANCES[dtype]["grad"])
 
 
 @gpu
