@@ -1,16 +1,18 @@
-"""A forward kernel built for sm_90 without a GPU, and its loops' sizes in SASS.
+"""A forward or backward kernel built for sm_90 without a GPU, and its loops' sizes in SASS.
 
-Compiles the max sweep (``_adasplash_fwd_rowmax``) or the threshold/output kernel
+Compiles the max sweep (``_adasplash_fwd_rowmax``), the threshold/output kernel
 (``_adasplash_fwd_tau_out``, with the fold and the default config's four edges, five
-sweeps and unrolled edges) as the benchmark launches them (bf16, D = 128, causal, alpha =
-1.5, GROUP = 1, unit strides and the other integers divisible by 16: without those hints
-ptxas reported 183 registers for the max sweep instead of 165, before session 27's trim
-took the hinted build to 134) with the Triton release the GPU machine runs, installed
-beside the project's:
+sweeps and unrolled edges) or the backward's dQ or dK/dV kernel (``--kernel dq``,
+``dkdv``: the default config's 64 x 64 blocks, four warps, two stages) as the benchmark
+launches them (bf16, D = 128, causal, alpha = 1.5, GROUP = 1, unit strides and the other
+integers divisible by 16: without those hints ptxas reported 183 registers for the max
+sweep instead of 165, before session 27's trim took the hinted build to 134) with the
+Triton release the GPU machine runs, installed beside the project's:
 
     python -m pip install -q --no-deps --target /tmp/tr36site triton==3.6.0
     PYTHONPATH=/tmp/tr36site python benchmarks/offline_sass.py --out /tmp/rowmax [--stages 2] [--pointers]
     PYTHONPATH=/tmp/tr36site python benchmarks/offline_sass.py --kernel tau_out --out /tmp/tau_out
+    PYTHONPATH=/tmp/tr36site python benchmarks/offline_sass.py --kernel dkdv --out /tmp/dkdv
 
 Writes <out>.cubin, .ptx, .ttgir and .sass (nvdisasm -c -gi, with source lines), prints
 the registers and shared memory, and every loop (a backward branch) with its size in
@@ -18,6 +20,8 @@ instructions and the source lines that contribute most. In the threshold/output 
 the first loops are, in order, a tile list's scan, the plain sweep, the sweep before the
 fold (session 28: 607 instructions; 766 when it counted), another scan, and the folded
 output pass (535); the same follow for the resumed sweeps and the plain output pass.
+In the backward kernels the first loop is the step over a list's blocks (session 29:
+421 instructions in the dQ kernel, 688 in the dK/dV kernel, the masked branch included).
 """
 
 import argparse
@@ -31,9 +35,16 @@ os.environ["TRITON_INTERPRET"] = "0"
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
-from adasplash_compile.kernels import forward  # noqa: E402
+from adasplash_compile.kernels import backward, forward  # noqa: E402
 
-FLOATS = {"alpha", "inv", "qk_scale", "tau_tol", "fold_tol"}
+FLOATS = {"alpha", "inv", "qk_scale", "tau_tol", "fold_tol", "u_exp", "scale"}
+FORWARD_CONSTEXPRS = dict(HEAD_DIM=128, HAS_SEQLENS=False, IS_CAUSAL=True, ALPHA_MODE=1, BLOCK_M=64, BLOCK_N=64,
+                          BLOCK_D=128, SCAN=forward._TILE_SCAN, DOT_PRECISION="tf32", USE_INT64=False)
+BACKWARD_POINTERS = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", do_ptr="*bf16", tau_ptr="*fp32",
+                         delta_ptr="*fp32", seqlens_ptr="*fp32")
+BACKWARD_UNIT = {"stride_qd", "stride_kd", "stride_vd", "stride_dod", "stride_tm", "group_size"}
+BACKWARD_CONSTEXPRS = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=128, TILE_M=64, TILE_N=64, LIST_ROWS=64, LIST_KEYS=64,
+                           IS_CAUSAL=True, HAS_SEQLENS=False, ALPHA_MODE=1, DOT_MODE=0, EVEN_D=True)
 KERNELS = {
     "rowmax": dict(
         fn=forward._adasplash_fwd_rowmax,
@@ -41,7 +52,9 @@ KERNELS = {
                   "m_ptr": "*fp32", "floor_ptr": "*fp32", "local_floor_ptr": "*fp32", "bound_ptr": "*fp32",
                   "rel_bound_ptr": "*fp32", "tile_list_ptr": "*i32", "seqlens_ptr": "*fp32"},
         unit={"stride_qd", "stride_kd", "stride_cd", "stride_rn", "stride_mm", "stride_ln", "GROUP"},
-        constexprs=dict(CENTRE_CHUNK=forward._CENTRE_CHUNK, SCALE_AS_BITS=True),
+        constexprs=dict(FORWARD_CONSTEXPRS, CENTRE_CHUNK=forward._CENTRE_CHUNK, SCALE_AS_BITS=True),
+        descriptors="KV_TMA",
+        stages=3,
     ),
     "tau_out": dict(
         fn=forward._adasplash_fwd_tau_out,
@@ -51,7 +64,26 @@ KERNELS = {
                   "tile_list_ptr": "*i32", "seqlens_ptr": "*fp32", "handled_ptr": "*i32"},
         unit={"stride_qd", "stride_kd", "stride_vd", "stride_od", "stride_ud", "stride_taum", "stride_tn",
               "stride_ln", "GROUP"},
-        constexprs=dict(NBINS=4, MAX_SWEEPS=5, EDGE_UNROLL=4, FOLD=True, SKIP_HANDLED=True),
+        constexprs=dict(FORWARD_CONSTEXPRS, NBINS=4, MAX_SWEEPS=5, EDGE_UNROLL=4, FOLD=True, SKIP_HANDLED=True),
+        descriptors="KV_TMA",
+        stages=3,
+    ),
+    "dq": dict(
+        fn=backward._adasplash_bwd_dq,
+        pointers=dict(BACKWARD_POINTERS, u_value_mean_ptr="*fp32", dq_ptr="*bf16", kv_count_ptr="*i32",
+                      kv_index_ptr="*i32"),
+        unit=BACKWARD_UNIT | {"stride_dqd", "stride_ud"},
+        constexprs=BACKWARD_CONSTEXPRS,
+        descriptors="TMA",
+        stages=2,
+    ),
+    "dkdv": dict(
+        fn=backward._adasplash_bwd_dkdv,
+        pointers=dict(BACKWARD_POINTERS, dk_ptr="*bf16", dv_ptr="*bf16", q_count_ptr="*i32", q_index_ptr="*i32"),
+        unit=BACKWARD_UNIT | {"stride_dkd", "stride_dvd"},
+        constexprs=BACKWARD_CONSTEXPRS,
+        descriptors="TMA",
+        stages=2,
     ),
 }
 
@@ -59,9 +91,7 @@ KERNELS = {
 def build(kernel: str, stages: int, descriptors: bool):
     spec = KERNELS[kernel]
     fn = spec["fn"]
-    constexprs = dict(HEAD_DIM=128, HAS_SEQLENS=False, IS_CAUSAL=True, ALPHA_MODE=1, BLOCK_M=64, BLOCK_N=64,
-                      BLOCK_D=128, SCAN=forward._TILE_SCAN, DOT_PRECISION="tf32", USE_INT64=False,
-                      KV_TMA=descriptors, **spec["constexprs"])
+    constexprs = {**spec["constexprs"], spec["descriptors"]: descriptors}
     signature, constants, divisible = {}, {}, []
     for name in fn.arg_names:
         if name in spec["pointers"]:
@@ -74,7 +104,7 @@ def build(kernel: str, stages: int, descriptors: bool):
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
-            if name in ("M", "N") or (name.startswith("stride") and name != "stride_bn"):
+            if name in ("M", "N", "n_queries", "n_keys") or (name.startswith("stride") and name != "stride_bn"):
                 divisible.append(name)
     attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible}
     source = triton.compiler.ASTSource(fn, signature, constants, attrs)
@@ -115,10 +145,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kernel", choices=sorted(KERNELS), default="rowmax")
     parser.add_argument("--out", default="/tmp/rowmax")
-    parser.add_argument("--stages", type=int, default=3)
+    parser.add_argument("--stages", type=int, help="pipeline depth (default: as launched, 3 forward, 2 backward)")
     parser.add_argument("--pointers", action="store_true", help="pointer loads instead of descriptors")
     args = parser.parse_args()
-    kernel = build(args.kernel, args.stages, not args.pointers)
+    stages = args.stages or KERNELS[args.kernel]["stages"]
+    kernel = build(args.kernel, stages, not args.pointers)
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     out = Path(args.out)
     out.with_suffix(".cubin").write_bytes(kernel.asm["cubin"])

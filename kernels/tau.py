@@ -155,7 +155,14 @@ def tau_init(m, n, alpha, ALPHA_MODE: tl.constexpr):
 @triton.jit
 def half_tail_gap(z, scale, e):
     """h = [scale * z - e]_+ / 2 per entry (z (ROWS, COLS), scale a scalar, e (ROWS,)), for
-    scale * z - e <= 2.
+    scale * z - e <= 2: ``clamped_half_gap`` with one threshold per row."""
+    return clamped_half_gap(z, scale, e[:, None])
+
+
+@triton.jit
+def clamped_half_gap(z, scale, e):
+    """h = [scale * z - e]_+ / 2 per entry, e broadcast against z (a row or a column of
+    thresholds), for scale * z - e <= 2.
 
     Scores lie at or below their row's max and edges at or above max - 1, so
     scale * z - e <= 1 up to rounding; the factor 1/2 leaves room for that, and being a
@@ -166,8 +173,7 @@ def half_tail_gap(z, scale, e):
     (ncu, mid at N = 32768: ALU 67% busy then, 31% now).
     """
     # + 0.0 turns -0.0 into +0.0 (e = +0.0), so that h is never -0.0 (``positive_count``).
-    c = (-0.5 * e + 0.0)[:, None]
-    return tl.minimum(tl.maximum(z * (0.5 * scale) + c, 0.0), 1.0)
+    return tl.minimum(tl.maximum(z * (0.5 * scale) + (-0.5 * e + 0.0), 0.0), 1.0)
 
 
 @triton.jit
