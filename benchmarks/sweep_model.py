@@ -109,16 +109,17 @@ def update_bracket(lo, hi, stat_f, stat_g, stat_c, kind):
     secant = a + (b - a) * (fa / (fa - fb).clamp_min(1e-30))
     new_lo = torch.minimum(torch.maximum(newton, a), b)
     new_hi = torch.minimum(secant, b)
+    if kind in ("c", "g"):
+        # A lower bound on the count above b: C_b, or floor(G_b^2 / F_b) without counts.
+        count_below = cb if kind == "c" else torch.where(
+            fb > -1.0, (gb * gb / (fb + 1.0).clamp_min(1e-30)).floor(), 0.0)
+        quadratic, quadratic_real = _smaller_root(a, fa, ga, count_below)
+        new_lo = torch.where(quadratic_real, torch.minimum(torch.maximum(new_lo, quadratic), b), new_lo)
     if kind == "c":
         closed, closed_real = _smaller_root(a, fa, ga, ca)
         new_hi = torch.where(closed_real, torch.minimum(new_hi, closed), new_hi)
-        quadratic, quadratic_real = _smaller_root(a, fa, ga, cb)
-        new_lo = torch.where(quadratic_real, torch.minimum(torch.maximum(new_lo, quadratic), b), new_lo)
         exact = ca == cb
     elif kind == "g":
-        counted_below = torch.where(fb > -1.0, (gb * gb / (fb + 1.0).clamp_min(1e-30)).floor(), 0.0)
-        quadratic, quadratic_real = _smaller_root(a, fa, ga, counted_below)
-        new_lo = torch.where(quadratic_real, torch.minimum(torch.maximum(new_lo, quadratic), b), new_lo)
         chord, chord_real = _smaller_root(a, fa, ga, (ga - gb) / (b - a).clamp_min(1e-30))
         closed, exact = torch.where(chord_real, chord, newton), torch.zeros_like(at_top)
     else:
