@@ -110,10 +110,10 @@ def update_bracket(lo, hi, stat_f, stat_g, stat_c, kind):
     new_lo = torch.minimum(torch.maximum(newton, a), b)
     new_hi = torch.minimum(secant, b)
     if kind in ("c", "g"):
-        # A lower bound on the count above b: C_b, or floor(G_b^2 / F_b) without counts.
-        count_below = cb if kind == "c" else torch.where(
+        # A lower bound on C_b, the count above b: C_b, or floor(G_b^2 / F_b) without counts.
+        count_floor = cb if kind == "c" else torch.where(
             fb > -1.0, (gb * gb / (fb + 1.0).clamp_min(1e-30)).floor(), 0.0)
-        quadratic, quadratic_real = _smaller_root(a, fa, ga, count_below)
+        quadratic, quadratic_real = _smaller_root(a, fa, ga, count_floor)
         new_lo = torch.where(quadratic_real, torch.minimum(torch.maximum(new_lo, quadratic), b), new_lo)
     if kind == "c":
         closed, closed_real = _smaller_root(a, fa, ga, ca)

@@ -490,14 +490,14 @@ def tau_update(lo, hi, tau, active, stat_f, stat_g, stat_c, base, inv, NBINS: tl
     new_lo = tl.minimum(tl.maximum(newton, a), b)
     new_hi = tl.minimum(secant, b)
     if (ALPHA_MODE == 1) and (COUNTS or CHORD_COUNTS):
-        # A lower bound on the count C_b above b: C_b itself, or floor(G_b^2 / F_b).
+        # A lower bound on C_b, the count of entries above b: C_b itself, or floor(G_b^2 / F_b).
         if COUNTS:
-            count_below = cb
+            count_floor = cb
         else:
-            count_below = tl.where(fb > -1.0, tl.floor(gb * gb / tl.maximum(fb + 1.0, TINY)), 0.0)
+            count_floor = tl.where(fb > -1.0, tl.floor(gb * gb / tl.maximum(fb + 1.0, TINY)), 0.0)
         # f'' = 2 * count above t >= 2 * C_b on [a, b], so f >= fa - 2 ga s + C_b s^2 there:
         # that quadratic's smaller root is a lower bound on tau', tighter than Newton's.
-        quadratic, quadratic_real = _smaller_quadratic_root(a, fa, ga, count_below)
+        quadratic, quadratic_real = _smaller_quadratic_root(a, fa, ga, count_floor)
         new_lo = tl.where(quadratic_real, tl.minimum(tl.maximum(new_lo, quadratic), b), new_lo)
     if (ALPHA_MODE == 1) and COUNTS:
         closed, closed_real = _smaller_quadratic_root(a, fa, ga, ca)
