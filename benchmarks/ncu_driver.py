@@ -4,7 +4,8 @@ ncu profiles every kernel launch it is told to; this script only makes the launc
 ours (the public op, eager, with autograd) then FA2 (SDPA's flash backend), each
 ``--calls`` times, so that ``--launch-skip`` can pass over the first calls' compilation
 and autotuning. The backward profile of session 29
-(benchmarks/results/h200-2026-11-28-backward-gaps.md) was taken as
+(benchmarks/results/h200-2026-11-28-backward-gaps.md) was taken with the same calls, from a
+script this one replaces:
 
     ncu --clock-control none --kernel-name regex:"adasplash_bwd_dq|adasplash_bwd_dkdv|flash_bwd_dq_dk_dv" \\
         --launch-count 6 --metrics <list> --csv python3 benchmarks/ncu_driver.py --workload mid --n 32768
