@@ -1187,12 +1187,13 @@ def _run_forward(query, key, value, alpha, is_causal, scale, seqlens, wrap, conf
     if autotune and config is not None:
         raise ValueError("attention_forward: pass either config or autotune=True, not both")
     launch = wrap or _identity
-    if scale < 0:
+    if scale <= 0:
         # The kernels take qk_scale > 0: the key summary's bounds, the tile maxima taken
-        # before the scale and the masked -inf scores scaled in the sweeps all assume it.
-        # scale * q.k = (-scale) * (-q).k gives the same scores, hence the same out, tau,
-        # tile_max and u_value_mean; the backward takes any sign as it is.
-        query, scale = torch.neg(query), -scale
+        # before the scale and the masked -inf scores scaled in the sweeps all assume it
+        # (at 0 those give -inf * 0 = NaN). scale * q.k = (-scale) * (-q).k, and 0 * q.k =
+        # 1 * 0.k, give the same scores, hence the same out, tau, tile_max and
+        # u_value_mean; the backward takes any sign as it is.
+        query, scale = (torch.neg(query), -scale) if scale < 0 else (torch.zeros_like(query), 1.0)
     batch, q_heads, n_queries, head_dim = query.shape
     kv_heads, n_keys = key.shape[1], key.shape[2]
     out = torch.empty_like(query)
