@@ -15,7 +15,7 @@ and where in a kernel its warps stall (one kernel, source-level sampling) as
     ncu --clock-control none --kernel-name regex:adasplash_bwd_dq --launch-skip 1 --launch-count 1 \\
         --section SourceCounters --section WarpStateStats -o $OUT/dq python3 benchmarks/ncu_driver.py
 
-``--forward-only`` leaves out the backward (both implementations run under no_grad).
+``--forward-only`` leaves out the backward (inputs that require no grad).
 """
 
 import argparse
@@ -23,21 +23,26 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import workloads as wl  # noqa: E402
+from profile_kernels import fa2_fns  # noqa: E402
 
 import adasplash_compile  # noqa: E402
 
 
-def run(attention, q, k, v, grad, forward_only: bool) -> None:
-    if forward_only:
-        with torch.no_grad():
-            attention(q, k, v)
-        return
-    out = attention(q, k, v)
-    torch.autograd.grad(out, (q, k, v), grad)
+def ours_fns(q, k, v, grad):
+    """(forward, forward+backward) of ours through the public op, as ``fa2_fns`` gives FA2's."""
+
+    def fwd():
+        return adasplash_compile.adasplash(q, k, v, is_causal=True)
+
+    def step():
+        qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
+        out = adasplash_compile.adasplash(qq, kk, vv, is_causal=True)
+        return torch.autograd.grad(out, (qq, kk, vv), grad)
+
+    return fwd, step
 
 
 def main(argv=None) -> int:
@@ -51,19 +56,10 @@ def main(argv=None) -> int:
         parser.error("needs a CUDA GPU (ncu profiles CUDA kernels)")
     q, k, v = wl.make_inputs(args.workload, args.n, device="cuda")
     grad = torch.randn_like(q)
-    for t in (q, k, v):
-        t.requires_grad_(not args.forward_only)
-
-    def ours(q, k, v):
-        return adasplash_compile.adasplash(q, k, v, is_causal=True)
-
-    def fa2(q, k, v):
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-    for attention in (ours, fa2):
+    for fns in (ours_fns, fa2_fns):
+        fwd, step = fns(q, k, v, grad)
         for _ in range(args.calls):
-            run(attention, q, k, v, grad, args.forward_only)
+            (fwd if args.forward_only else step)()
     torch.cuda.synchronize()
     return 0
 
